@@ -1,0 +1,222 @@
+"""The ``churnflow`` command: one command per stage, plus the whole demo.
+
+Each stage command calls the same function its Prefect task calls, so a stage runs alone
+from the shell exactly as it runs inside a flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import nullcontext
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from churnflow.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="churnflow: customer health scores, churn risk and outreach, end to end.")
+console = Console()
+
+AsOf = Annotated[Optional[datetime], typer.Option("--as-of", formats=["%Y-%m-%d"], help="As-of date (YYYY-MM-DD). Default: today, or the day after the newest data.")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "prefect", "numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    settings.ensure_home()
+    return settings
+
+
+def _engine(settings: Settings):
+    from churnflow.warehouse import get_engine
+
+    return get_engine(settings.warehouse)
+
+
+def _as_of(settings: Settings, as_of: datetime | None) -> date:
+    from features.build import default_as_of
+
+    return as_of.date() if as_of else default_as_of(_engine(settings))
+
+
+@app.command("demo-data")
+def demo_data_cmd(
+    accounts: Annotated[int, typer.Option(help="Number of accounts.")] = 1500,
+    days: Annotated[int, typer.Option(help="Days of history.")] = 540,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same book).")] = 42,
+) -> None:
+    """Generate a demo book (canonical tables + truth) into the warehouse."""
+    from churnflow.demo_data import generate_book, write_book
+
+    settings = _settings()
+    counts = write_book(_engine(settings), generate_book(accounts=accounts, days=days, seed=seed))
+    _print_counts("demo book", counts)
+
+
+@app.command("features")
+def features_cmd(as_of: AsOf = None) -> None:
+    """Build point-in-time features for one as-of date into account_features."""
+    from features.build import materialize_features
+
+    settings = _settings()
+    day = _as_of(settings, as_of)
+    frame = materialize_features(_engine(settings), [day])
+    console.print(f"features as of {day}: {len(frame)} active accounts x {frame.shape[1] - 2} features -> table account_features")
+
+
+@app.command("train")
+def train_cmd() -> None:
+    """Train on matured monthly snapshots, log to MLflow, register, run the champion gate."""
+    from models.train import train
+
+    settings = _settings()
+    result = train(_engine(settings), settings)
+    table = Table(title=f"model {settings.model_name} v{result.model_version} (run {result.run_id[:8]})")
+    table.add_column("holdout metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(f"gate: {result.reason}")
+
+
+@app.command("score")
+def score_cmd(as_of: AsOf = None) -> None:
+    """Score and explain every active account with the champion model into account_scores."""
+    from models.score import score_accounts
+
+    settings = _settings()
+    day = _as_of(settings, as_of)
+    scores = score_accounts(_engine(settings), settings, day)
+    console.print(f"scored {len(scores)} accounts as of {day}: {scores['band'].value_counts().to_dict()}")
+
+
+@app.command("outreach")
+def outreach_cmd(as_of: AsOf = None) -> None:
+    """Run the playbooks over a day's scores and record new outreach tasks."""
+    from churnflow.outreach import load_playbooks, run_outreach
+    from churnflow.warehouse import read_sql
+    from models.score import load_features
+
+    settings = _settings()
+    engine = _engine(settings)
+    day = _as_of(settings, as_of)
+    scores = read_sql(engine, "SELECT * FROM account_scores WHERE as_of_date = :d", {"d": datetime(day.year, day.month, day.day)})
+    if scores.empty:
+        raise typer.BadParameter(f"no scores as of {day} in table account_scores: run `churnflow score --as-of {day}` first")
+    new = run_outreach(engine, scores, load_features(engine, day), day, load_playbooks(settings.playbooks_file), seed=settings.seed)
+    console.print(f"outreach as of {day}: {int((~new['held_out']).sum()) if len(new) else 0} tasks, {int(new['held_out'].sum()) if len(new) else 0} held out")
+
+
+@app.command("sync")
+def sync_cmd(
+    as_of: AsOf = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
+) -> None:
+    """Push account health fields and pending tasks to the CRM."""
+    from crm_sync.sync import sync_crm
+
+    settings = _settings()
+    summary = sync_crm(_engine(settings), settings, _as_of(settings, as_of), dry_run=dry_run)
+    console.print(summary.describe())
+
+
+@app.command("digest")
+def digest_cmd(
+    week_ending: Annotated[Optional[datetime], typer.Option("--week-ending", formats=["%Y-%m-%d"], help="Last day of the week. Default: latest data day.")] = None,
+) -> None:
+    """Write the weekly executive risk digest from stored scores and tasks."""
+    from churnflow.digest import build_digest, write_digest
+
+    settings = _settings()
+    day = _as_of(settings, week_ending)
+    path = write_digest(build_digest(_engine(settings), day), settings.digests)
+    console.print(f"digest: {path}")
+
+
+@app.command("daily")
+def daily_cmd(
+    as_of: AsOf = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="CRM dry run.")] = False,
+) -> None:
+    """Run the daily Prefect flow (features, score, outreach, CRM sync) once."""
+    from flows.pipeline import daily_flow
+
+    console.print_json(json.dumps(daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run), default=str))
+
+
+@app.command("demo")
+def demo_cmd(
+    accounts: Annotated[int, typer.Option(help="Number of demo accounts.")] = 1500,
+    days: Annotated[int, typer.Option(help="Days of history.")] = 540,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+) -> None:
+    """Generate a demo book and run the whole pipeline end to end (as Prefect flows)."""
+    from crm_sync.client import local_crm
+    from flows.pipeline import demo_flow
+
+    settings = _settings()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    started = datetime.now()
+    with local_crm(settings) if settings.crm == "local" else nullcontext():
+        result = demo_flow(accounts=accounts, days=days, seed=seed)
+    elapsed = (datetime.now() - started).total_seconds()
+    _print_counts("demo book", result["book"])
+    trained = result["train"]
+    console.print(f"\n[bold]model[/bold] v{trained['model_version']}: holdout AUC {trained['roc_auc']:.3f} (oracle {trained.get('oracle_roc_auc', float('nan')):.3f}); {trained['reason']}")
+    daily = result["daily"]
+    console.print(f"[bold]daily[/bold] as of {daily['as_of']}: {daily['accounts_scored']} accounts scored {daily['bands']}, {daily['tasks_created']} tasks, CRM: {daily['crm']}")
+    console.print(f"\n[bold green]Done in {elapsed:.0f} s.[/bold green] Where to look:")
+    console.print(f"  scores    : table account_scores in {settings.warehouse}")
+    console.print(f"              e.g. .venv/bin/python -c \"import duckdb; print(duckdb.connect('{settings.home_dir / 'warehouse.duckdb'}', read_only=True).sql('select account_id, health_score, band, top_drivers_text from account_scores order by as_of_date desc, p_churn desc limit 10'))\"")
+    console.print(f"  MLflow UI : .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000  -> http://127.0.0.1:5000")
+    console.print(f"  digest    : {result['digest']}")
+    console.print(f"  CRM       : .venv/bin/churnflow crm-server  -> https://127.0.0.1:{settings.local_crm_port}/ (self-signed certificate)")
+
+
+@app.command("crm-server")
+def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (default: settings.local_crm_port).")] = None) -> None:
+    """Run the local Salesforce-compatible server in the foreground, on the demo's CRM state."""
+    from crm_sync.client import serve_local_crm
+
+    settings = _settings()
+    serve_local_crm(settings, port=port)
+
+
+@app.command("docs")
+def docs_cmd(out: Annotated[Path, typer.Option(help="Docs folder.")] = Path("docs")) -> None:
+    """Regenerate docs/data-model.md and docs/features.md from their declarations."""
+    from churnflow.schema import data_model_markdown
+    from features.catalogue import features_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data-model.md").write_text(data_model_markdown() + "\n", encoding="utf-8")
+    (out / "features.md").write_text(features_markdown() + "\n", encoding="utf-8")
+    console.print(f"wrote {out / 'data-model.md'} and {out / 'features.md'}")
+
+
+def _print_counts(title: str, counts: dict[str, int]) -> None:
+    table = Table(title=title)
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in counts.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+

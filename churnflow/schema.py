@@ -1,0 +1,246 @@
+"""The canonical data model: the input contract every stage reads.
+
+Each table and column is declared once here. The same declaration creates the warehouse
+tables (SQLAlchemy Core), coerces incoming frames, and generates ``docs/data-model.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+import sqlalchemy as sa
+
+Kind = Literal["str", "int", "float", "bool", "date", "timestamp"]
+
+_SA_TYPES: dict[str, sa.types.TypeEngine] = {
+    "str": sa.String(),
+    "int": sa.BigInteger(),
+    "float": sa.Float(),
+    "bool": sa.Boolean(),
+    "date": sa.Date(),
+    "timestamp": sa.DateTime(),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    description: str
+    required: bool = True
+    default: object | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = field(default=())
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def sa_table(self, metadata: sa.MetaData) -> sa.Table:
+        return sa.Table(
+            self.name,
+            metadata,
+            *[sa.Column(c.name, _SA_TYPES[c.kind], nullable=not c.required) for c in self.columns],
+        )
+
+
+ACCOUNTS = TableSpec(
+    "accounts",
+    "One row per customer account.",
+    (
+        Column("account_id", "str", "Stable account identifier in your warehouse."),
+        Column("name", "str", "Account (company) name."),
+        Column("industry", "str", "Industry, free text.", required=False),
+        Column("segment", "str", "Customer segment, e.g. smb, mid_market, enterprise."),
+        Column("country", "str", "Country code or name.", required=False),
+        Column("created_at", "timestamp", "When the account became a customer."),
+        Column("owner_email", "str", "Email of the account owner (CSM); tasks are assigned to this user.", required=False),
+        Column("crm_account_id", "str", "The Salesforce Account Id (or external id) scores are written to.", required=False),
+    ),
+    key=("account_id",),
+)
+
+SUBSCRIPTIONS = TableSpec(
+    "subscriptions",
+    "Contract terms. Renewals are new rows; churn labels are derived from these.",
+    (
+        Column("subscription_id", "str", "Stable subscription identifier."),
+        Column("account_id", "str", "The account that holds the subscription."),
+        Column("plan", "str", "Plan name, e.g. starter, growth, enterprise."),
+        Column("seats", "int", "Licensed seats."),
+        Column("arr", "float", "Annual recurring revenue of this subscription, in the reporting currency."),
+        Column("start_date", "date", "First day covered."),
+        Column("end_date", "date", "Day after the last day covered (exclusive end of term)."),
+        Column("cancelled_at", "timestamp", "When a cancellation was recorded; coverage then ends at that date.", required=False),
+        Column("auto_renew", "bool", "Whether the term renews automatically.", default=False),
+    ),
+    key=("subscription_id",),
+)
+
+USAGE = TableSpec(
+    "usage",
+    "Product usage: raw events or pre-aggregated daily rows (quantity = count).",
+    (
+        Column("account_id", "str", "The account the activity belongs to."),
+        Column("occurred_at", "timestamp", "When the activity happened (a day for daily rows)."),
+        Column("feature", "str", "Product feature or event name."),
+        Column("quantity", "float", "Number of events represented by the row.", required=False, default=1.0),
+        Column("duration_s", "float", "Time spent, in seconds.", required=False, default=0.0),
+        Column("errors", "int", "Errors the user hit.", required=False, default=0),
+        Column("user_id", "str", "The acting user (for active-user counts).", required=False),
+    ),
+)
+
+TICKETS = TableSpec(
+    "tickets",
+    "Support tickets.",
+    (
+        Column("ticket_id", "str", "Stable ticket identifier."),
+        Column("account_id", "str", "The account that raised the ticket."),
+        Column("opened_at", "timestamp", "When the ticket was opened."),
+        Column("closed_at", "timestamp", "When the ticket was closed; empty while open.", required=False),
+        Column("priority", "str", "low, normal, high or urgent."),
+        Column("channel", "str", "email, chat, phone or web.", required=False),
+        Column("first_response_minutes", "float", "Minutes until the first agent response.", required=False),
+        Column("reopened", "bool", "Whether the ticket was reopened after being solved.", default=False),
+        Column("csat", "int", "Ticket CSAT score 1-5, if the customer answered.", required=False),
+    ),
+    key=("ticket_id",),
+)
+
+SURVEYS = TableSpec(
+    "surveys",
+    "Survey responses: NPS (0-10), CSAT (1-5) and CES (1-7), with optional comments.",
+    (
+        Column("response_id", "str", "Stable response identifier."),
+        Column("account_id", "str", "The responding account."),
+        Column("submitted_at", "timestamp", "When the response was submitted."),
+        Column("kind", "str", "nps, csat or ces."),
+        Column("score", "float", "The score on the kind's scale."),
+        Column("comment", "str", "Free-text verbatim.", required=False),
+    ),
+    key=("response_id",),
+)
+
+TRUTH = TableSpec(
+    "truth",
+    "Demo books only: the generator's true monthly churn hazard per account, for oracle comparisons.",
+    (
+        Column("account_id", "str", "The account."),
+        Column("period_start", "date", "First day of the month."),
+        Column("hazard", "float", "True probability that the account churns in this month, given it is a customer at its start."),
+    ),
+)
+
+ACCOUNT_SCORES = TableSpec(
+    "account_scores",
+    "Daily score history, one row per active account and as-of date. Re-scoring a day replaces that day.",
+    (
+        Column("as_of_date", "date", "The day the score is for (features use only data before it)."),
+        Column("account_id", "str", "The account."),
+        Column("p_churn", "float", "Calibrated probability of churn within the horizon."),
+        Column("health_score", "int", "0-100, higher is healthier: round(100 * (1 - p_churn))."),
+        Column("band", "str", "green, yellow or red, from the configured p_churn thresholds."),
+        Column("health_change_7d", "float", "Health score now minus 7 days earlier (empty if not scored then).", required=False),
+        Column("health_change_30d", "float", "Health score now minus 30 days earlier (empty if not scored then).", required=False),
+        Column("arr", "float", "Current ARR of the account."),
+        Column("arr_at_risk", "float", "p_churn x ARR."),
+        Column("top_drivers", "str", "JSON list of the top risk drivers: feature, value, contribution, sentence."),
+        Column("top_drivers_text", "str", "The risk drivers as plain sentences, one per line."),
+        Column("protective_driver_text", "str", "The strongest protective driver as a sentence.", required=False),
+        Column("model_name", "str", "Registered model name."),
+        Column("model_version", "str", "Registered model version that produced the score."),
+        Column("scored_at", "timestamp", "When the score was computed."),
+    ),
+    key=("as_of_date", "account_id"),
+)
+
+OUTREACH_TASKS = TableSpec(
+    "outreach_tasks",
+    "Outreach tasks decided by playbooks; held-out matches are recorded with held_out = true and no CRM task.",
+    (
+        Column("task_key", "str", "Deterministic key: account, playbook and period. Dedupes tasks across runs."),
+        Column("as_of_date", "date", "The scoring day that triggered the task."),
+        Column("account_id", "str", "The account."),
+        Column("crm_account_id", "str", "Salesforce Account the task is attached to (WhatId).", required=False),
+        Column("playbook", "str", "Name of the playbook that matched."),
+        Column("subject", "str", "Task subject."),
+        Column("description", "str", "Task description with the drivers in plain words."),
+        Column("priority", "str", "High, Normal or Low."),
+        Column("due_date", "date", "When the task is due."),
+        Column("owner_email", "str", "Who the task is for.", required=False),
+        Column("status", "str", "Not Started, In Progress, Completed..., as last known."),
+        Column("held_out", "bool", "True when the account fell in the playbook's holdout: no task is sent."),
+        Column("crm_task_id", "str", "Salesforce Task Id once pushed.", required=False),
+        Column("created_at", "timestamp", "When churnflow decided the task."),
+    ),
+    key=("task_key",),
+)
+
+OUTPUTS: dict[str, TableSpec] = {t.name: t for t in (ACCOUNT_SCORES, OUTREACH_TASKS)}
+
+CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS)}
+ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}
+DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS}
+
+
+def coerce(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """Return ``frame`` with exactly the spec's columns in order and types.
+
+    Optional columns that are missing are filled with their default; a missing required
+    column raises with the table and column named.
+    """
+    missing = [c.name for c in spec.columns if c.required and c.name not in frame.columns and c.default is None]
+    if missing:
+        raise ValueError(f"table '{spec.name}': missing required column(s) {missing}; got {list(frame.columns)}")
+    out = pd.DataFrame(index=frame.index)
+    for col in spec.columns:
+        values = frame[col.name] if col.name in frame.columns else pd.Series(col.default, index=frame.index)
+        if col.default is not None:
+            values = values.fillna(col.default)
+        out[col.name] = _as_kind(values, col.kind)
+    return out.reset_index(drop=True)
+
+
+def _as_kind(values: pd.Series, kind: Kind) -> pd.Series:
+    if kind == "str":
+        return values.astype("string").astype(object).where(values.notna(), None)
+    if kind == "int":
+        return pd.to_numeric(values).astype("Int64")
+    if kind == "float":
+        return pd.to_numeric(values).astype("float64")
+    if kind == "bool":
+        return values.astype("boolean")
+    if kind == "date":
+        return pd.to_datetime(values).dt.normalize().astype("datetime64[ns]")
+    return pd.to_datetime(values).astype("datetime64[ns]")
+
+
+def data_model_markdown() -> str:
+    """The text of docs/data-model.md, generated from the declarations above."""
+    lines = [
+        "# Canonical data model",
+        "",
+        "Generated from `churnflow/schema.py` by `churnflow docs`; do not edit by hand.",
+        "",
+        "Every stage reads these tables from the warehouse. Timestamps are naive UTC.",
+        "",
+    ]
+    for spec in DECLARED.values():
+        lines += [f"## `{spec.name}`", "", spec.description, ""]
+        if spec.key:
+            lines += [f"Key: `{', '.join(spec.key)}`", ""]
+        lines += ["| column | type | required | meaning |", "|---|---|---|---|"]
+        for c in spec.columns:
+            req = "yes" if c.required else f"no (default {c.default})" if c.default is not None else "no"
+            lines.append(f"| `{c.name}` | {c.kind} | {req} | {c.description} |")
+        lines.append("")
+    return "\n".join(lines)

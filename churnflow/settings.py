@@ -1,0 +1,129 @@
+"""One typed settings object for every stage.
+
+Defaults serve the embedded setup (a DuckDB warehouse, an SQLite MLflow store and the
+local Salesforce-compatible server, all under one home directory). Environment variables
+with the ``CHURNFLOW_`` prefix override them, and so does an optional ``churnflow.toml``
+(path in ``CHURNFLOW_CONFIG``, else ``./churnflow.toml``). Config text is parsed as TOML,
+never executed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("CHURNFLOW_CONFIG", "churnflow.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything churnflow can be told. See the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="CHURNFLOW_", extra="ignore")
+
+    # -- where things live -------------------------------------------------------------
+    home: Path = Field(Path(".churnflow"), description="Directory for the embedded warehouse, MLflow store, CRM state and outputs.")
+    warehouse_url: str | None = Field(None, description="SQLAlchemy URL of the warehouse. Default: DuckDB file <home>/warehouse.duckdb. PostgreSQL: postgresql+psycopg://user@host:5432/db.")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI. Default: sqlite:///<home>/mlflow.db.")
+    mlflow_experiment: str = Field("churnflow", description="MLflow experiment that holds training runs.")
+    model_name: str = Field("churnflow-churn", description="Registered model name in the MLflow registry.")
+
+    # -- labels ----------------------------------------------------------------------
+    horizon_days: int = Field(90, ge=7, description="Churn is predicted within this many days after the as-of date.")
+    churn_grace_days: int = Field(30, ge=0, description="An account whose coverage ends is churned only if nothing renews within this many days.")
+    training_snapshots: int = Field(9, ge=2, description="How many monthly as-of dates with matured labels make the training set.")
+    holdout_snapshots: int = Field(1, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")
+
+    # -- model -----------------------------------------------------------------------
+    num_boost_round: int = Field(300, ge=10, description="Maximum LightGBM boosting rounds (early stopping may use fewer).")
+    learning_rate: float = Field(0.05, gt=0, description="LightGBM learning rate.")
+    num_leaves: int = Field(15, ge=2, description="LightGBM num_leaves.")
+    min_data_in_leaf: int = Field(40, ge=1, description="LightGBM min_data_in_leaf.")
+    seed: int = Field(7, description="Seed for model training and stable hashing.")
+    promotion_margin: float = Field(0.005, ge=0, description="A challenger becomes champion only if its holdout AUC beats the champion's by this much.")
+    explain_chunk_rows: int = Field(20000, ge=100, description="Rows explained per chunk (bounds memory while explaining every account).")
+    top_drivers: int = Field(3, ge=1, le=10, description="How many risk drivers are kept per account.")
+
+    # -- health score -------------------------------------------------------------------
+    red_threshold: float = Field(0.35, gt=0, lt=1, description="p_churn at or above which an account is red.")
+    yellow_threshold: float = Field(0.15, gt=0, lt=1, description="p_churn at or above which an account is yellow.")
+
+    # -- outreach --------------------------------------------------------------------
+    playbooks_file: Path | None = Field(None, description="YAML file of outreach playbooks. Default: the playbooks shipped with churnflow.")
+
+    # -- CRM -------------------------------------------------------------------------
+    crm: Literal["local", "salesforce"] = Field("local", description="'local' talks to churnflow's own Salesforce-compatible server; 'salesforce' to a real org.")
+    local_crm_port: int = Field(8765, ge=0, le=65535, description="Port of the local CRM server (HTTPS on 127.0.0.1). 0 picks a free port.")
+    sf_username: str | None = Field(None, description="Salesforce username (real org).")
+    sf_password: SecretStr | None = Field(None, description="Salesforce password (real org). Never logged.")
+    sf_security_token: SecretStr | None = Field(None, description="Salesforce security token (real org). Never logged.")
+    sf_domain: str = Field("login", description="'login' for production, 'test' for a sandbox, or a My Domain prefix.")
+    sf_consumer_key: str | None = Field(None, description="Connected app consumer key, for JWT bearer login.")
+    sf_privatekey_file: Path | None = Field(None, description="Private key file for JWT bearer login.")
+    sf_account_match_field: str = Field("Id", description="Account field that matches accounts.crm_account_id ('Id' or an external-id field).")
+    sf_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the Salesforce password (used when sf_password is unset).")
+
+    # -- digest ----------------------------------------------------------------------
+    digest_dir: Path | None = Field(None, description="Where digest files are written. Default: <home>/digests.")
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> "Settings":
+        if self.yellow_threshold >= self.red_threshold:
+            raise ValueError(
+                f"yellow_threshold ({self.yellow_threshold}) must be below red_threshold ({self.red_threshold})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments > environment > churnflow.toml > defaults.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+
+    # -- derived locations (computed, never stored) -------------------------------------
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def warehouse(self) -> str:
+        return self.warehouse_url or f"duckdb:///{self.home_dir / 'warehouse.duckdb'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def digests(self) -> Path:
+        return (self.digest_dir or self.home_dir / "digests").expanduser().resolve()
+
+    @property
+    def crm_dir(self) -> Path:
+        return self.home_dir / "crm"
+
+    def ensure_home(self) -> Path:
+        self.home_dir.mkdir(parents=True, exist_ok=True)
+        return self.home_dir
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment and config file, read once per process."""
+    return Settings()

@@ -1,0 +1,85 @@
+"""Prefect tasks: each wraps one stage function with retries and logging, nothing more.
+
+Tasks take the Settings object (not engines or clients) so every run is reproducible from
+its parameters; the engine is opened inside from the settings.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from churnflow import demo_data, digest as digest_stage, outreach
+from churnflow.settings import Settings
+from churnflow.warehouse import get_engine
+from crm_sync import sync as crm_stage
+from features import build as feature_stage
+from models import score as score_stage, train as train_stage
+
+WAREHOUSE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30]}
+CRM_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}
+
+
+@task(name="generate-demo-book", cache_policy=NO_CACHE)
+def generate_demo_book(settings: Settings, accounts: int, days: int, seed: int) -> dict[str, int]:
+    book = demo_data.generate_book(accounts=accounts, days=days, seed=seed)
+    counts = demo_data.write_book(get_engine(settings.warehouse), book)
+    get_run_logger().info("demo book written: %s", counts)
+    return counts
+
+
+@task(name="resolve-as-of", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def resolve_as_of(settings: Settings, as_of: date | None) -> date:
+    return as_of or feature_stage.default_as_of(get_engine(settings.warehouse))
+
+
+@task(name="build-features", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def build_features(settings: Settings, as_of: date) -> pd.DataFrame:
+    frame = feature_stage.materialize_features(get_engine(settings.warehouse), [as_of])
+    get_run_logger().info("features as of %s: %d active accounts, %d features", as_of, len(frame), frame.shape[1] - 2)
+    return frame
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_model(settings: Settings) -> train_stage.TrainResult:
+    result = train_stage.train(get_engine(settings.warehouse), settings)
+    get_run_logger().info(
+        "model v%s: holdout AUC %.3f, oracle AUC %s; %s",
+        result.model_version, result.metrics["roc_auc"], f"{result.metrics.get('oracle_roc_auc', float('nan')):.3f}", result.reason,
+    )
+    return result
+
+
+@task(name="score-accounts", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def score_accounts(settings: Settings, as_of: date, features: pd.DataFrame) -> pd.DataFrame:
+    scores = score_stage.score_accounts(get_engine(settings.warehouse), settings, as_of, features=features)
+    get_run_logger().info("scored %d accounts: %s", len(scores), scores["band"].value_counts().to_dict())
+    return scores
+
+
+@task(name="decide-outreach", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def decide_outreach(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    book = outreach.load_playbooks(settings.playbooks_file)
+    new = outreach.run_outreach(get_engine(settings.warehouse), scores, features, as_of, book, seed=settings.seed)
+    get_run_logger().info("outreach: %d new tasks, %d held out", int((~new["held_out"]).sum()) if len(new) else 0, int(new["held_out"].sum()) if len(new) else 0)
+    return new
+
+
+@task(name="sync-crm", cache_policy=NO_CACHE, **CRM_RETRIES)
+def sync_crm(settings: Settings, as_of: date, dry_run: bool) -> crm_stage.SyncSummary:
+    summary = crm_stage.sync_crm(get_engine(settings.warehouse), settings, as_of, dry_run=dry_run)
+    get_run_logger().info("crm sync: %s", summary.describe())
+    return summary
+
+
+@task(name="write-digest", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def write_digest(settings: Settings, week_ending: date | None) -> tuple[str, str]:
+    engine = get_engine(settings.warehouse)
+    week_ending = week_ending or feature_stage.default_as_of(engine)
+    digest = digest_stage.build_digest(engine, week_ending)
+    path = digest_stage.write_digest(digest, settings.digests)
+    get_run_logger().info("digest for week ending %s written to %s", week_ending, path)
+    return str(path), digest_stage.render_markdown(digest)

@@ -1,0 +1,186 @@
+"""Training: multi-snapshot training set, temporal split, LightGBM, calibration, MLflow.
+
+Split (all by as-of date, never by row): the newest matured snapshot is the *holdout*
+(reported); the newest training snapshot whose horizon ends before the holdout date is
+the *calibration* slice (early stopping and Platt scaling); older snapshots are *fit*.
+Snapshots whose label horizon overlaps the holdout date are dropped (the gap), so no
+outcome seen in training happens after the holdout's as-of date.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sklearn.linear_model import LogisticRegression
+
+from churnflow.settings import Settings
+from churnflow.warehouse import read_sql, table_exists
+from features.build import as_model_frame, build_features
+from features.catalogue import FEATURE_NAMES, FEATURE_SET_VERSION
+from features.labels import data_window, label_snapshots, load_subscriptions, training_dates
+from models.churn_model import ChurnModel, PlattCalibrator
+from models.evaluate import classification_metrics, oracle_probability
+from models.registry import configure_mlflow, gate_and_alias
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSet:
+    frame: pd.DataFrame  # as_of_date, account_id, features..., churned
+    fit_dates: list[date]
+    calibration_date: date
+    holdout_date: date
+    observed_until: date
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_version: str
+    metrics: dict[str, float]
+    promoted: bool
+    reason: str
+    training_set: TrainingSet = field(repr=False)
+
+
+def build_training_set(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainingSet:
+    """Features joined with matured labels over monthly as-of dates."""
+    first, last = data_window(engine)
+    observed_until = observed_until or last
+    dates = training_dates(
+        data_start=first,
+        observed_until=observed_until,
+        horizon_days=settings.horizon_days,
+        grace_days=settings.churn_grace_days,
+        snapshots=settings.training_snapshots,
+    )
+    if len(dates) < 3:
+        raise ValueError(
+            f"only {len(dates)} matured monthly snapshots between {first} and {observed_until}; "
+            f"need 3 (history must span 90 + {settings.horizon_days} + {settings.churn_grace_days} days and more)"
+        )
+    holdout = dates[-1]
+    earlier = [d for d in dates[:-1] if d + timedelta(days=settings.horizon_days) <= holdout]
+    if len(earlier) < 2:
+        raise ValueError(f"not enough snapshots before the holdout {holdout} once the {settings.horizon_days}-day gap is applied")
+    calibration, fit = earlier[-1], earlier[:-1]
+    used = [*fit, calibration, holdout]
+    subs = load_subscriptions(engine)
+    labels = label_snapshots(
+        subs, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until
+    )
+    features = pd.concat([build_features(engine, d) for d in used], ignore_index=True)
+    frame = features.merge(labels[["as_of_date", "account_id", "churned"]], on=["as_of_date", "account_id"], how="inner")
+    log.info("training set: %d rows over %d snapshots, churn rate %.3f", len(frame), len(used), frame["churned"].mean())
+    return TrainingSet(frame, fit, calibration, holdout, observed_until)
+
+
+def lgb_params(settings: Settings) -> dict[str, object]:
+    return {
+        "objective": "binary",
+        "learning_rate": settings.learning_rate,
+        "num_leaves": settings.num_leaves,
+        "min_data_in_leaf": settings.min_data_in_leaf,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "seed": settings.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 2,
+        "verbose": -1,
+    }
+
+
+def fit_model(ts: TrainingSet, settings: Settings) -> ChurnModel:
+    """LightGBM on the fit slice, early-stopped and Platt-calibrated on the calibration slice.
+
+    Class imbalance is left to the loss (no reweighting), so raw probabilities stay
+    honest; calibration only corrects the shape.
+    """
+    frame = ts.frame
+    fit = frame[frame["as_of_date"].dt.date.isin(ts.fit_dates)]
+    cal = frame[frame["as_of_date"].dt.date == ts.calibration_date]
+    train_data = lgb.Dataset(as_model_frame(fit), label=fit["churned"], free_raw_data=False)
+    valid_data = lgb.Dataset(as_model_frame(cal), label=cal["churned"], reference=train_data)
+    booster = lgb.train(
+        lgb_params(settings),
+        train_data,
+        num_boost_round=settings.num_boost_round,
+        valid_sets=[valid_data],
+        callbacks=[lgb.early_stopping(30, verbose=False)],
+    )
+    model = ChurnModel(booster, PlattCalibrator(), list(FEATURE_NAMES), FEATURE_SET_VERSION)
+    margin = model.margin(cal)
+    if cal["churned"].nunique() == 2:
+        lr = LogisticRegression(C=1e6).fit(margin.reshape(-1, 1), cal["churned"])
+        model.calibrator = PlattCalibrator(float(lr.coef_[0][0]), float(lr.intercept_[0]))
+    return model
+
+
+def holdout_metrics(model: ChurnModel, ts: TrainingSet, engine: sa.Engine, settings: Settings) -> dict[str, float]:
+    hold = ts.frame[ts.frame["as_of_date"].dt.date == ts.holdout_date]
+    p = model.predict_proba(hold)
+    metrics = classification_metrics(hold["churned"].to_numpy(), p)
+    if table_exists(engine, "truth"):
+        truth = read_sql(engine, "SELECT account_id, period_start, hazard FROM truth")
+        oracle = oracle_probability(truth, ts.holdout_date, settings.horizon_days).reindex(hold["account_id"]).fillna(0).to_numpy()
+        metrics["oracle_roc_auc"] = classification_metrics(hold["churned"].to_numpy(), oracle)["roc_auc"]
+    return metrics
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainResult:
+    """Build the training set, fit, evaluate on the holdout, log and register in MLflow, gate."""
+    configure_mlflow(settings)
+    ts = build_training_set(engine, settings, observed_until)
+    model = fit_model(ts, settings)
+    metrics = holdout_metrics(model, ts, engine, settings)
+    hold = ts.frame[ts.frame["as_of_date"].dt.date == ts.holdout_date]
+    example = hold[FEATURE_NAMES].head(5)
+    with mlflow.start_run(run_name=f"train-{ts.observed_until}") as run:
+        mlflow.log_params({k: v for k, v in lgb_params(settings).items() if k != "verbose"})
+        mlflow.log_params(
+            {
+                "horizon_days": settings.horizon_days,
+                "churn_grace_days": settings.churn_grace_days,
+                "fit_dates": ",".join(str(d) for d in ts.fit_dates),
+                "calibration_date": str(ts.calibration_date),
+                "holdout_date": str(ts.holdout_date),
+                "observed_until": str(ts.observed_until),
+                "feature_set_version": FEATURE_SET_VERSION,
+                "best_iteration": model.booster.best_iteration,
+                "train_rows": int(ts.frame["as_of_date"].dt.date.isin(ts.fit_dates).sum()),
+                "holdout_rows": len(hold),
+            }
+        )
+        mlflow.set_tag("git_commit", _git_commit())
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            input_example=example,
+            registered_model_name=settings.model_name,
+        )
+        version = str(info.registered_model_version)
+        promoted, reason = gate_and_alias(settings, version, model, hold, metrics)
+        mlflow.set_tag("gate_decision", "promoted" if promoted else "kept champion")
+        mlflow.set_tag("gate_reason", reason)
+    log.info("trained version %s: holdout AUC %.3f (oracle %.3f); %s", version, metrics["roc_auc"], metrics.get("oracle_roc_auc", float("nan")), reason)
+    return TrainResult(run.info.run_id, version, metrics, promoted, reason, ts)
