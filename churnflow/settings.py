@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     # -- labels ----------------------------------------------------------------------
     horizon_days: int = Field(90, ge=7, description="Churn is predicted within this many days after the as-of date.")
     churn_grace_days: int = Field(30, ge=0, description="An account whose coverage ends is churned only if nothing renews within this many days.")
-    training_snapshots: int = Field(9, ge=2, description="How many monthly as-of dates with matured labels make the training set.")
-    holdout_snapshots: int = Field(1, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")
+    training_snapshots: int = Field(12, ge=4, description="How many of the newest monthly as-of dates with matured labels are used (fit + calibration + holdout).")
+    holdout_snapshots: int = Field(2, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")
 
     # -- model -----------------------------------------------------------------------
     num_boost_round: int = Field(300, ge=10, description="Maximum LightGBM boosting rounds (early stopping may use fewer).")

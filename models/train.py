@@ -1,10 +1,10 @@
 """Training: multi-snapshot training set, temporal split, LightGBM, calibration, MLflow.
 
-Split (all by as-of date, never by row): the newest matured snapshot is the *holdout*
-(reported); the newest training snapshot whose horizon ends before the holdout date is
-the *calibration* slice (early stopping and Platt scaling); older snapshots are *fit*.
-Snapshots whose label horizon overlaps the holdout date are dropped (the gap), so no
-outcome seen in training happens after the holdout's as-of date.
+Split (all by as-of date, never by row): the newest ``holdout_snapshots`` matured
+snapshots are the *holdout* (reported); the newest earlier snapshot whose horizon ends
+before the first holdout date is the *calibration* slice (early stopping and Platt
+scaling); older snapshots are *fit*. Snapshots whose label horizon overlaps the holdout
+are dropped (the gap), so no outcome seen in training happens after the holdout begins.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class TrainingSet:
     frame: pd.DataFrame  # as_of_date, account_id, features..., churned
     fit_dates: list[date]
     calibration_date: date
-    holdout_date: date
+    holdout_dates: list[date]
     observed_until: date
 
 
@@ -63,17 +63,16 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
         grace_days=settings.churn_grace_days,
         snapshots=settings.training_snapshots,
     )
-    if len(dates) < 3:
-        raise ValueError(
-            f"only {len(dates)} matured monthly snapshots between {first} and {observed_until}; "
-            f"need 3 (history must span 90 + {settings.horizon_days} + {settings.churn_grace_days} days and more)"
-        )
-    holdout = dates[-1]
-    earlier = [d for d in dates[:-1] if d + timedelta(days=settings.horizon_days) <= holdout]
+    holdout = dates[-settings.holdout_snapshots :]
+    earlier = [d for d in dates[: -settings.holdout_snapshots] if d + timedelta(days=settings.horizon_days) <= holdout[0]]
     if len(earlier) < 2:
-        raise ValueError(f"not enough snapshots before the holdout {holdout} once the {settings.horizon_days}-day gap is applied")
+        raise ValueError(
+            f"only {len(dates)} matured monthly snapshots between {first} and {observed_until}: not enough for "
+            f"{settings.holdout_snapshots} holdout + calibration + fit once the {settings.horizon_days}-day gap is applied "
+            f"(history must span 90 + {settings.horizon_days} + {settings.churn_grace_days} days and several months more)"
+        )
     calibration, fit = earlier[-1], earlier[:-1]
-    used = [*fit, calibration, holdout]
+    used = [*fit, calibration, *holdout]
     subs = load_subscriptions(engine)
     labels = label_snapshots(
         subs, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until
@@ -82,6 +81,10 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
     frame = features.merge(labels[["as_of_date", "account_id", "churned"]], on=["as_of_date", "account_id"], how="inner")
     log.info("training set: %d rows over %d snapshots, churn rate %.3f", len(frame), len(used), frame["churned"].mean())
     return TrainingSet(frame, fit, calibration, holdout, observed_until)
+
+
+def holdout_rows(ts: TrainingSet) -> pd.DataFrame:
+    return ts.frame[ts.frame["as_of_date"].dt.date.isin(ts.holdout_dates)]
 
 
 def lgb_params(settings: Settings) -> dict[str, object]:
@@ -129,13 +132,18 @@ def fit_model(ts: TrainingSet, settings: Settings) -> ChurnModel:
 
 
 def holdout_metrics(model: ChurnModel, ts: TrainingSet, engine: sa.Engine, settings: Settings) -> dict[str, float]:
-    hold = ts.frame[ts.frame["as_of_date"].dt.date == ts.holdout_date]
-    p = model.predict_proba(hold)
-    metrics = classification_metrics(hold["churned"].to_numpy(), p)
+    """Metrics on the holdout snapshots; with a demo book, also the oracle's AUC on the same rows."""
+    hold = holdout_rows(ts)
+    metrics = classification_metrics(hold["churned"].to_numpy(), model.predict_proba(hold))
     if table_exists(engine, "truth"):
         truth = read_sql(engine, "SELECT account_id, period_start, hazard FROM truth")
-        oracle = oracle_probability(truth, ts.holdout_date, settings.horizon_days).reindex(hold["account_id"]).fillna(0).to_numpy()
-        metrics["oracle_roc_auc"] = classification_metrics(hold["churned"].to_numpy(), oracle)["roc_auc"]
+        oracle = pd.concat(
+            [
+                hold[hold["as_of_date"].dt.date == d]["account_id"].map(oracle_probability(truth, d, settings.horizon_days)).fillna(0)
+                for d in ts.holdout_dates
+            ]
+        ).reindex(hold.index)
+        metrics["oracle_roc_auc"] = classification_metrics(hold["churned"].to_numpy(), oracle.to_numpy())["roc_auc"]
     return metrics
 
 
@@ -152,7 +160,7 @@ def train(engine: sa.Engine, settings: Settings, observed_until: date | None = N
     ts = build_training_set(engine, settings, observed_until)
     model = fit_model(ts, settings)
     metrics = holdout_metrics(model, ts, engine, settings)
-    hold = ts.frame[ts.frame["as_of_date"].dt.date == ts.holdout_date]
+    hold = holdout_rows(ts)
     example = hold[FEATURE_NAMES].head(5)
     with mlflow.start_run(run_name=f"train-{ts.observed_until}") as run:
         mlflow.log_params({k: v for k, v in lgb_params(settings).items() if k != "verbose"})
@@ -162,7 +170,7 @@ def train(engine: sa.Engine, settings: Settings, observed_until: date | None = N
                 "churn_grace_days": settings.churn_grace_days,
                 "fit_dates": ",".join(str(d) for d in ts.fit_dates),
                 "calibration_date": str(ts.calibration_date),
-                "holdout_date": str(ts.holdout_date),
+                "holdout_dates": ",".join(str(d) for d in ts.holdout_dates),
                 "observed_until": str(ts.observed_until),
                 "feature_set_version": FEATURE_SET_VERSION,
                 "best_iteration": model.booster.best_iteration,

@@ -1,0 +1,64 @@
+"""Churn labels derived from subscriptions: definition, grace period, maturity."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from features.labels import coverage_blocks, labels_as_of, training_dates
+
+
+def subs(*rows: tuple[str, str, str, str | None]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"account_id": a, "start_date": pd.Timestamp(s), "end_date": pd.Timestamp(e), "cancelled_at": pd.Timestamp(c) if c else pd.NaT} for a, s, e, c in rows]
+    )
+
+
+BOOK = subs(
+    ("renews", "2025-01-01", "2026-01-01", None),
+    ("renews", "2026-01-01", "2027-01-01", None),  # renewal on the day: no churn
+    ("late_renewal", "2025-01-01", "2026-01-01", None),
+    ("late_renewal", "2026-01-20", "2027-01-20", None),  # 19-day gap < 30-day grace: no churn
+    ("lapses", "2025-01-01", "2026-01-01", None),  # nothing after: churns 2026-01-01
+    ("cancels", "2025-06-01", "2026-06-01", "2025-12-15 10:30"),  # churns on the cancellation day
+    ("gap_too_long", "2025-01-01", "2026-01-01", None),
+    ("gap_too_long", "2026-03-15", "2027-03-15", None),  # 73 days later: churned, then came back
+)
+
+
+def test_coverage_blocks_merge_within_grace() -> None:
+    blocks = coverage_blocks(BOOK, grace_days=30)
+    counts = blocks.groupby("account_id").size().to_dict()
+    assert counts == {"renews": 1, "late_renewal": 1, "lapses": 1, "cancels": 1, "gap_too_long": 2}
+    assert blocks.set_index("account_id").loc["cancels", "block_end"] == pd.Timestamp("2025-12-15")
+
+
+def test_labels_follow_the_definition() -> None:
+    labels = labels_as_of(BOOK, date(2025, 11, 1), horizon_days=90, grace_days=30, observed_until=date(2026, 6, 1)).set_index("account_id")
+    assert labels["churned"].to_dict() == {"cancels": 1, "gap_too_long": 1, "lapses": 1, "late_renewal": 0, "renews": 0}
+    assert labels.loc["lapses", "churn_date"] == pd.Timestamp("2026-01-01")
+
+
+def test_horizon_bounds_the_label() -> None:
+    labels = labels_as_of(BOOK, date(2025, 9, 1), horizon_days=90, grace_days=30, observed_until=date(2026, 6, 1)).set_index("account_id")
+    # 2025-09-01 + 90 days = 2025-11-30: the December cancellation and January lapses are outside.
+    assert labels["churned"].sum() == 0
+
+
+def test_unmatured_labels_are_refused_not_counted_as_retained() -> None:
+    with pytest.raises(ValueError, match="not matured"):
+        labels_as_of(BOOK, date(2026, 3, 1), horizon_days=90, grace_days=30, observed_until=date(2026, 6, 1))
+
+
+def test_accounts_not_covered_at_as_of_have_no_label() -> None:
+    labels = labels_as_of(BOOK, date(2026, 2, 1), horizon_days=90, grace_days=30, observed_until=date(2026, 9, 1))
+    assert "lapses" not in set(labels["account_id"]) and "cancels" not in set(labels["account_id"])
+
+
+def test_training_dates_are_monthly_matured_and_have_history() -> None:
+    dates = training_dates(data_start=date(2025, 5, 10), observed_until=date(2026, 11, 1), horizon_days=90, grace_days=30, snapshots=20)
+    assert dates[0] == date(2025, 9, 1)  # first month start with 90 days of history
+    assert dates[-1] == date(2026, 7, 1)  # 2026-07-01 + 120 days <= 2026-11-01
+    assert all(d.day == 1 for d in dates)
