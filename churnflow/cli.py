@@ -203,13 +203,12 @@ def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (defau
 @app.command("docs")
 def docs_cmd(out: Annotated[Path, typer.Option(help="Docs folder.")] = Path("docs")) -> None:
     """Regenerate docs/data-model.md and docs/features.md from their declarations."""
-    from churnflow.schema import data_model_markdown
-    from features.catalogue import features_markdown
+    from churnflow.docs import generated_docs
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data-model.md").write_text(data_model_markdown() + "\n", encoding="utf-8")
-    (out / "features.md").write_text(features_markdown() + "\n", encoding="utf-8")
-    console.print(f"wrote {out / 'data-model.md'} and {out / 'features.md'}")
+    for name, text in generated_docs().items():
+        (out / name).write_text(text, encoding="utf-8")
+        console.print(f"wrote {out / name}")
 
 
 def _print_counts(title: str, counts: dict[str, int]) -> None:

@@ -17,7 +17,7 @@ Kind = Literal["str", "int", "float", "bool", "date", "timestamp"]
 _SA_TYPES: dict[str, sa.types.TypeEngine] = {
     "str": sa.String(),
     "int": sa.BigInteger(),
-    "float": sa.Float(),
+    "float": sa.Double(),
     "bool": sa.Boolean(),
     "date": sa.Date(),
     "timestamp": sa.DateTime(),

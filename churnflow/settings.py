@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     top_drivers: int = Field(3, ge=1, le=10, description="How many risk drivers are kept per account.")
 
     # -- health score -------------------------------------------------------------------
-    red_threshold: float = Field(0.35, gt=0, lt=1, description="p_churn at or above which an account is red.")
-    yellow_threshold: float = Field(0.15, gt=0, lt=1, description="p_churn at or above which an account is yellow.")
+    # With ~4-5% of accounts churning in a 90-day window, red is 3x the base rate or more
+    # (about the riskiest 5%) and yellow is above the base rate (about the next 15%).
+    red_threshold: float = Field(0.15, gt=0, lt=1, description="p_churn within the horizon at or above which an account is red.")
+    yellow_threshold: float = Field(0.05, gt=0, lt=1, description="p_churn within the horizon at or above which an account is yellow.")
 
     # -- outreach --------------------------------------------------------------------
     playbooks_file: Path | None = Field(None, description="YAML file of outreach playbooks. Default: the playbooks shipped with churnflow.")

@@ -60,7 +60,7 @@ def _sa_type(series: pd.Series) -> sa.types.TypeEngine:
     if pd.api.types.is_integer_dtype(dtype):
         return sa.BigInteger()
     if pd.api.types.is_float_dtype(dtype):
-        return sa.Float()
+        return sa.Double()
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return sa.DateTime()
     return sa.String()

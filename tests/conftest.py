@@ -7,7 +7,15 @@ reachable, PostgreSQL in a schema of its own that is dropped afterwards.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+
+# Prefect keeps its database and task caches under PREFECT_HOME: one throwaway home per
+# test process, set before anything imports prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="churnflow-prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("MPLBACKEND", "Agg")
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -1,0 +1,16 @@
+"""Docs generated from their single declarations (schema, labels, feature catalogue)."""
+
+from __future__ import annotations
+
+import inspect
+
+from churnflow.schema import data_model_markdown
+from features import labels
+from features.catalogue import features_markdown
+
+
+def generated_docs() -> dict[str, str]:
+    """File name -> text, for docs/. A test checks the committed files match."""
+    churn = inspect.cleandoc(labels.__doc__ or "")
+    data_model = data_model_markdown() + "\n## Churn and labels\n\n" + churn.split("\n", 1)[1].strip() + "\n"
+    return {"data-model.md": data_model, "features.md": features_markdown() + "\n"}
