@@ -38,6 +38,12 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _quiet_library_logs() -> None:
+    """Inside flows, Prefect's run logger reports each stage's numbers; drop the duplicates."""
+    for name in ("churnflow", "features", "models", "crm_sync"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _settings() -> Settings:
     settings = Settings()
     settings.ensure_home()
@@ -141,14 +147,17 @@ def sync_cmd(
 @app.command("digest")
 def digest_cmd(
     week_ending: Annotated[Optional[datetime], typer.Option("--week-ending", formats=["%Y-%m-%d"], help="Last day of the week. Default: latest data day.")] = None,
+    no_email: Annotated[bool, typer.Option("--no-email", help="Write the files only, even if SMTP is configured.")] = False,
 ) -> None:
-    """Write the weekly executive risk digest from stored scores and tasks."""
-    from churnflow.digest import build_digest, write_digest
+    """Write the weekly executive risk digest from stored scores and tasks (and email it if SMTP is set)."""
+    from churnflow.digest import publish_digest
 
     settings = _settings()
     day = _as_of(settings, week_ending)
-    path = write_digest(build_digest(_engine(settings), day), settings.digests)
-    console.print(f"digest: {path}")
+    published = publish_digest(_engine(settings), settings, day, send=not no_email)
+    console.print(f"digest: {published.path}")
+    if published.emailed_to:
+        console.print(f"emailed to {len(published.emailed_to)} recipient(s)")
 
 
 @app.command("daily")
@@ -159,6 +168,7 @@ def daily_cmd(
     """Run the daily Prefect flow (features, score, outreach, CRM sync) once."""
     from flows.pipeline import daily_flow
 
+    _quiet_library_logs()
     console.print_json(json.dumps(daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run), default=str))
 
 
@@ -173,6 +183,7 @@ def demo_cmd(
     from flows.pipeline import demo_flow
 
     settings = _settings()
+    _quiet_library_logs()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = datetime.now()
     with local_crm(settings) if settings.crm == "local" else nullcontext():

@@ -5,7 +5,10 @@ Playbooks are YAML, validated at load against the feature catalogue and the scor
 offending key). Conditions are data (field / operator / value), never evaluated code.
 A task's key is deterministic per (account, playbook, ISO week), so a re-run the same week
 finds the task it already decided; cooldowns, a cap on open tasks and a stable holdout
-are honoured.
+are honoured. Playbooks are in priority order: an account gets at most one decision per
+run (a task, or being held out), from the first playbook that matches it — so a CSM gets
+one task with all the drivers rather than three on the same morning, and an account held
+out of one playbook is not treated by a lower one (which would spoil the lift measurement).
 """
 
 from __future__ import annotations
@@ -244,10 +247,14 @@ def decide_tasks(
     sent = existing[~existing["held_out"].astype(bool)]
     open_counts = sent[~sent["status"].isin(CLOSED_STATUSES)].groupby("account_id").size()
     new_rows: list[dict[str, Any]] = []
+    decided: set[str] = set()  # one decision (task or holdout) per account per run
     for pb in book.playbooks:
-        matched = frame[pb.when.mask(frame)]
+        matched = frame[pb.when.mask(frame) & ~frame["account_id"].isin(decided)]
         if matched.empty:
             continue
+        # Matching a higher playbook settles the account for this run, whatever the outcome
+        # (task, holdout, cooldown, already decided this week, or capped).
+        decided.update(matched["account_id"])
         recent = existing[(existing["playbook"] == pb.name) & (existing["as_of_date"] > as_of_ts - timedelta(days=pb.cooldown_days)) & (existing["as_of_date"] < as_of_ts)]
         matched = matched[~matched["account_id"].isin(recent["account_id"])]
         held = in_holdout(matched["account_id"], pb.name, pb.holdout_pct, seed)

@@ -78,6 +78,17 @@ class Settings(BaseSettings):
 
     # -- digest ----------------------------------------------------------------------
     digest_dir: Path | None = Field(None, description="Where digest files are written. Default: <home>/digests.")
+    digest_include_verbatims: bool = Field(False, description="Show survey comments in the digest (off: only counts).")
+    digest_include_contacts: bool = Field(False, description="Show owner emails in the digest (off: initials).")
+    currency: str = Field("$", description="Currency symbol used in the digest.")
+    smtp_host: str | None = Field(None, description="SMTP server for the digest email; unset = no email.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    smtp_security: Literal["none", "starttls", "ssl"] = Field("starttls", description="SMTP transport security.")
+    smtp_username: str | None = Field(None, description="SMTP login user.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password. Never logged.")
+    smtp_sender: str = Field("churnflow@localhost", description="From address of the digest.")
+    smtp_recipients: list[str] = Field(default_factory=list, description="Digest recipients (JSON list in env, e.g. '[\"ceo@x.com\"]').")
+    smtp_ca_file: Path | None = Field(None, description="CA bundle for an SMTP relay with a private CA.")
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "Settings":

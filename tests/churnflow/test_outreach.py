@@ -83,6 +83,16 @@ def test_red_accounts_near_renewal_get_tasks_with_drivers() -> None:
     assert row["owner_email"] == "csm@example.com" and row["due_date"] == pd.Timestamp(AS_OF + timedelta(days=3))
 
 
+def test_one_decision_per_account_per_run_in_playbook_order() -> None:
+    scores, features, accounts = frames()
+    features["usage_trend_30d"] = -0.8  # red accounts also match usage_collapse and the check-in
+    new = decide_tasks(scores, features, accounts, load_playbooks(), AS_OF, no_tasks())
+    assert new["account_id"].is_unique
+    assert set(new["playbook"]) == {"renewal_at_risk"}  # the first matching playbook wins
+    held = new[new["held_out"]]
+    assert len(held) > 0  # held-out accounts get nothing from a lower playbook either
+
+
 def test_rerun_the_same_week_creates_nothing_new() -> None:
     scores, features, accounts = frames()
     book = load_playbooks()
@@ -101,7 +111,7 @@ def test_cooldown_and_cap() -> None:
     # After the cooldown, completed tasks free the cap and the playbook fires again.
     done = first.assign(status=CLOSED_STATUSES[0])
     later = decide_tasks(scores, features, accounts, book, AS_OF + timedelta(days=35), done)
-    assert set(later["playbook"]) == {"renewal_at_risk", "high_risk_check_in"}
+    assert set(later["playbook"]) == {"renewal_at_risk"}  # one decision per account per run
     # Open tasks at the cap block new ones.
     capped = first.assign(status="Not Started")
     many = pd.concat([capped.assign(task_key=capped["task_key"] + f"-{i}", playbook=f"other{i}") for i in range(3)])
