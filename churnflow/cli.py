@@ -103,6 +103,50 @@ def train_cmd() -> None:
     console.print(f"gate: {result.reason}")
 
 
+@app.command("promote")
+def promote_cmd(
+    version: Annotated[str, typer.Option("--version", help="Registered model version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the model version).")],
+    by: Annotated[Optional[str], typer.Option("--by", help="Who (default: $USER).")] = None,
+) -> None:
+    """Override the gate: make a model version champion, recording who and why."""
+    from models.registry import promote
+
+    console.print(promote(_settings(), version, by=by or os.environ.get("USER", "unknown"), reason=reason))
+
+
+@app.command("monitor")
+def monitor_cmd(as_of: AsOf = None) -> None:
+    """Drift (PSI) and realized performance of the champion; a breach flags it for retraining."""
+    from models.monitor import monitor_champion
+
+    settings = _settings()
+    report = monitor_champion(_engine(settings), settings, _as_of(settings, as_of))
+    worst = report.rows.sort_values("value", ascending=False).head(5)
+    for row in worst.itertuples():
+        console.print(f"{row.metric:40s} {row.value:8.3f} {'BREACH' if row.breached else ''}")
+    if report.needs_retraining:
+        console.print(f"[bold red]model v{report.model_version} needs retraining[/bold red]: {'; '.join(report.breaches[:5])}")
+    else:
+        console.print(f"model v{report.model_version}: no breach")
+
+
+@app.command("override")
+def override_cmd(
+    account: Annotated[str, typer.Option("--account", help="account_id")],
+    band: Annotated[str, typer.Option("--band", help="green, yellow or red")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the band is pinned.")],
+    until: Annotated[datetime, typer.Option("--until", formats=["%Y-%m-%d"], help="First day it no longer applies.")],
+    by: Annotated[Optional[str], typer.Option("--by", help="Who (default: $USER).")] = None,
+) -> None:
+    """Pin an account's band (scoring respects it until it expires; the model's band stays visible)."""
+    from models.score import set_override
+
+    settings = _settings()
+    set_override(_engine(settings), account, band, reason=reason, set_by=by or os.environ.get("USER", "unknown"), expires_on=until.date())
+    console.print(f"{account} pinned {band} until {until.date()}")
+
+
 @app.command("score")
 def score_cmd(as_of: AsOf = None) -> None:
     """Score and explain every active account with the champion model into account_scores."""

@@ -12,6 +12,8 @@ from typing import Literal
 import pandas as pd
 import sqlalchemy as sa
 
+from features.catalogue import FAMILIES
+
 Kind = Literal["str", "int", "float", "bool", "date", "timestamp"]
 
 _SA_TYPES: dict[str, sa.types.TypeEngine] = {
@@ -155,7 +157,14 @@ ACCOUNT_SCORES = TableSpec(
         Column("arr_at_risk", "float", "p_churn x ARR."),
         Column("top_drivers", "str", "JSON list of the top risk drivers: feature, value, contribution, sentence."),
         Column("top_drivers_text", "str", "The risk drivers as plain sentences, one per line."),
+        Column("protective_driver", "str", "JSON of the strongest protective driver: feature, value, contribution, sentence.", required=False),
         Column("protective_driver_text", "str", "The strongest protective driver as a sentence.", required=False),
+        *[
+            Column(f"{family}_score", "int", f"0-100 {family} sub-score: the health score if only {family} signals differed from the average account (docs/health-score.md).")
+            for family in FAMILIES
+        ],
+        Column("model_band", "str", "The band the model gave, before any manual override."),
+        Column("band_override_reason", "str", "Why a CSM pinned the band (empty when not overridden).", required=False),
         Column("model_name", "str", "Registered model name."),
         Column("model_version", "str", "Registered model version that produced the score."),
         Column("scored_at", "timestamp", "When the score was computed."),
@@ -185,7 +194,20 @@ OUTREACH_TASKS = TableSpec(
     key=("task_key",),
 )
 
-OUTPUTS: dict[str, TableSpec] = {t.name: t for t in (ACCOUNT_SCORES, OUTREACH_TASKS)}
+BAND_OVERRIDES = TableSpec(
+    "band_overrides",
+    "Bands pinned by CSMs (churnflow override). Scoring applies the latest unexpired one per account.",
+    (
+        Column("account_id", "str", "The account."),
+        Column("band", "str", "green, yellow or red."),
+        Column("reason", "str", "Why, in the CSM's words."),
+        Column("set_by", "str", "Who pinned it."),
+        Column("expires_on", "date", "First day the override no longer applies."),
+        Column("created_at", "timestamp", "When it was set."),
+    ),
+)
+
+OUTPUTS: dict[str, TableSpec] = {t.name: t for t in (ACCOUNT_SCORES, OUTREACH_TASKS, BAND_OVERRIDES)}
 
 CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS)}
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     seed: int = Field(7, description="Seed for model training and stable hashing.")
     promotion_margin: float = Field(0.005, ge=0, description="A challenger becomes champion only if its holdout AUC beats the champion's by this much.")
     explain_chunk_rows: int = Field(20000, ge=100, description="Rows explained per chunk (bounds memory while explaining every account).")
+    gate_min_auc: float = Field(0.6, ge=0.5, le=1, description="Gate: a model whose holdout AUC is below this is refused (also the realized-AUC floor).")
+    gate_max_ece: float = Field(0.05, gt=0, le=1, description="Gate: a model whose holdout expected calibration error exceeds this is refused.")
+    gate_max_feature_share: float = Field(0.5, gt=0, le=1, description="Gate: refuse if one feature carries more than this share of total gain (a leakage smell).")
+    psi_threshold: float = Field(0.25, gt=0, description="Monitoring: PSI above this is a drift breach.")
+    auc_drop_threshold: float = Field(0.05, gt=0, description="Monitoring: realized AUC this far below the holdout AUC is a breach.")
     top_drivers: int = Field(3, ge=1, le=10, description="How many risk drivers are kept per account.")
 
     # -- health score -------------------------------------------------------------------
@@ -78,6 +83,17 @@ class Settings(BaseSettings):
 
     # -- digest ----------------------------------------------------------------------
     digest_dir: Path | None = Field(None, description="Where digest files are written. Default: <home>/digests.")
+
+    # -- operations --------------------------------------------------------------------
+    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Base URL of the MLflow UI, for the link artifact of each training run.")
+    notify_webhook_url: SecretStr | None = Field(None, description="Webhook (Slack-compatible JSON {'text': ...}) called when a flow run fails or crashes. Never logged.")
+    notify_smtp_host: str | None = Field(None, description="SMTP server for failure e-mails (unset: no e-mail).")
+    notify_smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    notify_smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS before logging in.")
+    notify_smtp_username: str | None = Field(None, description="SMTP login user (unset: no login).")
+    notify_smtp_password: SecretStr | None = Field(None, description="SMTP login password. Never logged.")
+    notify_smtp_from: str = Field("churnflow@localhost", description="Sender of failure e-mails.")
+    notify_smtp_to: str | None = Field(None, description="Comma-separated recipients of failure e-mails.")
     digest_include_verbatims: bool = Field(False, description="Show survey comments in the digest (off: only counts).")
     digest_include_contacts: bool = Field(False, description="Show owner emails in the digest (off: initials).")
     currency: str = Field("$", description="Currency symbol used in the digest.")

@@ -34,6 +34,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self.calibrator = calibrator
         self.feature_names = feature_names
         self.feature_set_version = feature_set_version
+        # Training-window distributions (models.monitor.reference_profile), for drift checks.
+        self.reference: dict[str, object] = {}
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         return as_model_frame(features)[self.feature_names]

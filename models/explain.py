@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from features.catalogue import BY_NAME
+from features.catalogue import BY_NAME, FAMILIES, family_of
 from models.churn_model import ChurnModel
 
 
@@ -51,7 +51,25 @@ def drivers(model: ChurnModel, features: pd.DataFrame, shap_values: np.ndarray, 
             {
                 "top_drivers": json.dumps(risk),
                 "top_drivers_text": "\n".join(d["sentence"] for d in risk),
+                "protective_driver": json.dumps(protective) if protective else None,
                 "protective_driver_text": protective["sentence"] if protective else None,
             }
         )
     return pd.DataFrame(rows, index=features.index)
+
+
+def family_scores(model: ChurnModel, shap_values: np.ndarray) -> pd.DataFrame:
+    """Sub-scores per feature family, from the same SHAP values as the overall score.
+
+    For family f with summed contribution c_f and the model's expected margin m0, the
+    sub-score is the health score an account would have if only f's signals differed from
+    the average account: round(100 * (1 - calibrate(m0 + c_f))). Families that pull risk
+    up score below the average account's health, protective ones above. (docs/health-score.md)
+    """
+    base = shap_values[:, -1]
+    families = np.array([family_of(name) for name in model.feature_names])
+    out = {}
+    for family in FAMILIES:
+        c = shap_values[:, :-1][:, families == family].sum(axis=1)
+        out[f"{family}_score"] = np.rint(100 * (1 - model.calibrator(base + c))).astype(int)
+    return pd.DataFrame(out)

@@ -27,6 +27,7 @@ from features.build import as_model_frame, build_features
 from features.catalogue import FEATURE_NAMES, FEATURE_SET_VERSION
 from features.labels import data_window, label_snapshots, load_subscriptions, training_dates
 from models.churn_model import ChurnModel, PlattCalibrator
+from models.monitor import reference_profile
 from models.evaluate import classification_metrics, oracle_probability
 from models.registry import configure_mlflow, gate_and_alias
 
@@ -155,40 +156,85 @@ def _git_commit() -> str:
 
 
 def train(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainResult:
-    """Build the training set, fit, evaluate on the holdout, log and register in MLflow, gate."""
+    """Build the training set, fit, then evaluate, log, register and gate."""
     configure_mlflow(settings)
     ts = build_training_set(engine, settings, observed_until)
     model = fit_model(ts, settings)
+    return evaluate_and_register(engine, settings, ts, model)
+
+
+def split_summary(ts: TrainingSet) -> dict[str, object]:
+    """Rows and churn rate per split, for the run's parameters."""
+    frame = ts.frame
+    dates = frame["as_of_date"].dt.date
+    out: dict[str, object] = {}
+    for name, mask in (("fit", dates.isin(ts.fit_dates)), ("calibration", dates == ts.calibration_date), ("holdout", dates.isin(ts.holdout_dates))):
+        out[f"{name}_rows"] = int(mask.sum())
+        out[f"{name}_churn_rate"] = round(float(frame.loc[mask, "churned"].mean()), 5)
+    return out
+
+
+def evaluate_and_register(
+    engine: sa.Engine, settings: Settings, ts: TrainingSet, model: ChurnModel, *, run_name: str | None = None, tags: dict[str, str] | None = None
+) -> TrainResult:
+    """Holdout metrics, an MLflow run with params, metrics, figures and the model, registration,
+    and the champion / challenger gate. Any fitted model goes through the same path."""
+    configure_mlflow(settings)
     metrics = holdout_metrics(model, ts, engine, settings)
     hold = holdout_rows(ts)
-    example = hold[FEATURE_NAMES].head(5)
-    with mlflow.start_run(run_name=f"train-{ts.observed_until}") as run:
+    fit = ts.frame[ts.frame["as_of_date"].dt.date.isin(ts.fit_dates)]
+    model.reference = reference_profile(fit, model)
+    first, _ = data_window(engine)
+    with mlflow.start_run(run_name=run_name or f"train-{ts.observed_until}") as run:
         mlflow.log_params({k: v for k, v in lgb_params(settings).items() if k != "verbose"})
         mlflow.log_params(
             {
                 "horizon_days": settings.horizon_days,
                 "churn_grace_days": settings.churn_grace_days,
+                "data_start": str(first),
+                "observed_until": str(ts.observed_until),
                 "fit_dates": ",".join(str(d) for d in ts.fit_dates),
                 "calibration_date": str(ts.calibration_date),
                 "holdout_dates": ",".join(str(d) for d in ts.holdout_dates),
-                "observed_until": str(ts.observed_until),
                 "feature_set_version": FEATURE_SET_VERSION,
+                "features": len(model.feature_names),
                 "best_iteration": model.booster.best_iteration,
-                "train_rows": int(ts.frame["as_of_date"].dt.date.isin(ts.fit_dates).sum()),
-                "holdout_rows": len(hold),
+                "calibration": f"platt a={model.calibrator.a:.4f} b={model.calibrator.b:.4f}",
+                **split_summary(ts),
             }
         )
-        mlflow.set_tag("git_commit", _git_commit())
+        mlflow.set_tags({"git_commit": _git_commit(), **(tags or {})})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        log_figures(model, hold)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
-            input_example=example,
+            input_example=hold[FEATURE_NAMES].head(5),
             registered_model_name=settings.model_name,
         )
         version = str(info.registered_model_version)
         promoted, reason = gate_and_alias(settings, version, model, hold, metrics)
-        mlflow.set_tag("gate_decision", "promoted" if promoted else "kept champion")
+        mlflow.set_tag("gate_decision", "promoted" if promoted else "refused")
         mlflow.set_tag("gate_reason", reason)
     log.info("trained version %s: holdout AUC %.3f (oracle %.3f); %s", version, metrics["roc_auc"], metrics.get("oracle_roc_auc", float("nan")), reason)
     return TrainResult(run.info.run_id, version, metrics, promoted, reason, ts)
+
+
+def log_figures(model: ChurnModel, holdout: pd.DataFrame) -> None:
+    """Calibration curve, lift by decile and SHAP summary of the holdout, as run artifacts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.figures import calibration_figure, lift_figure, shap_summary_figure
+
+    y = holdout["churned"].to_numpy()
+    p = model.predict_proba(holdout)
+    for name, fig in (
+        ("calibration_curve.png", calibration_figure(y, p)),
+        ("lift_by_decile.png", lift_figure(y, p)),
+        ("shap_summary.png", shap_summary_figure(model, holdout)),
+    ):
+        mlflow.log_figure(fig, f"figures/{name}")
+        plt.close(fig)
