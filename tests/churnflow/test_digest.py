@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 from churnflow import digest as dg
+from features.catalogue import FAMILIES
 from churnflow.schema import ACCOUNT_SCORES, ACCOUNTS, OUTREACH_TASKS, SUBSCRIPTIONS, SURVEYS, coerce
 from churnflow.warehouse import get_engine, replace_rows
 
@@ -167,6 +168,8 @@ def write_book(path: Path, book: Book, *, only_last_date: bool = False, outreach
     scores = book.scores[book.scores.as_of_date == pd.Timestamp(THIS)] if only_last_date else book.scores
     replace_rows(engine, "accounts", coerce(book.accounts, ACCOUNTS), replace_all=True)
     replace_rows(engine, "subscriptions", coerce(book.subscriptions, SUBSCRIPTIONS), replace_all=True)
+    # Sub-scores and the model's band are not read by the digest: neutral values.
+    scores = scores.assign(model_band=scores["band"], **{f"{f}_score": 90 for f in FAMILIES})
     replace_rows(engine, "account_scores", coerce(scores, ACCOUNT_SCORES), replace_all=True)
     if outreach:
         replace_rows(engine, "outreach_tasks", coerce(book.tasks, OUTREACH_TASKS), replace_all=True)
