@@ -1,0 +1,139 @@
+"""The CRM stage of the pipeline: warehouse rows in, Salesforce writes out.
+
+``sync_crm`` reads the day's account scores and the pending outreach tasks from the
+warehouse, pushes them with :mod:`crm_sync.push`, and stores the Task Ids it got back so
+the next run does not send those tasks again. In local mode it also makes sure the local
+org knows the warehouse's accounts and their owners (a real org already does).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import pandas as pd
+import requests
+import sqlalchemy as sa
+from simple_salesforce import Salesforce
+
+from churnflow.warehouse import read_sql, table_exists
+from crm_sync.client import connect, local_crm
+from crm_sync.ledger import Ledger, payload_hash
+from crm_sync.local_server import LocalSalesforce
+from crm_sync.push import PushSummary, account_health_updates, push_account_health, push_tasks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncSummary:
+    """What one CRM sync did (or, for a dry run, would do)."""
+
+    as_of: date
+    dry_run: bool
+    accounts: PushSummary | None = None
+    tasks: PushSummary | None = None
+    planned: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.dry_run:
+            return (f"dry run as of {self.as_of}: would write health fields on {self.planned.get('accounts', 0)} accounts "
+                    f"and push {self.planned.get('tasks', 0)} pending tasks")
+        parts = [s.describe() for s in (self.accounts, self.tasks) if s is not None]
+        return f"as of {self.as_of}: " + ("; ".join(parts) if parts else "nothing to push")
+
+
+def load_account_health(engine: sa.Engine, as_of: date) -> pd.DataFrame:
+    """The day's account_scores rows with the accounts' crm_account_id."""
+    if not table_exists(engine, "account_scores"):
+        return pd.DataFrame(columns=["account_id", "crm_account_id"])
+    return read_sql(
+        engine,
+        "SELECT s.*, a.crm_account_id FROM account_scores s JOIN accounts a ON a.account_id = s.account_id "
+        "WHERE s.as_of_date = :d AND a.crm_account_id IS NOT NULL",
+        {"d": datetime(as_of.year, as_of.month, as_of.day)},
+    )
+
+
+def load_pending_tasks(engine: sa.Engine) -> pd.DataFrame:
+    from churnflow.outreach import pending_tasks
+
+    if not table_exists(engine, "outreach_tasks"):
+        return pd.DataFrame(columns=["task_key"])
+    return pending_tasks(engine)
+
+
+def _user_record(email: str) -> dict[str, Any]:
+    local = email.split("@", 1)[0]
+    parts = [p for p in local.replace("_", ".").replace("-", ".").split(".") if p]
+    return {"Username": email, "Email": email, "FirstName": parts[0].title() if len(parts) > 1 else None,
+            "LastName": (parts[-1] if parts else local).title(), "IsActive": True}
+
+
+def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesforce | None, extra_emails: list[str]) -> int:
+    """Make the local org hold every warehouse account (by its crm_account_id) and owner user.
+
+    Idempotent: existing records are left untouched. Goes through the server object when
+    it runs in this process, else through the server's churnflow-only seed endpoint.
+    """
+    accounts = read_sql(engine, "SELECT name, owner_email, crm_account_id FROM accounts WHERE crm_account_id IS NOT NULL")
+    emails = sorted({e.strip().lower() for e in [*accounts["owner_email"].dropna(), *extra_emails] if isinstance(e, str) and e.strip()})
+
+    def seed(sobject: str, records: list[dict[str, Any]]) -> list[str]:
+        if server is not None:
+            return server.seed(sobject, records, skip_existing=True)
+        url = f"https://{sf.sf_instance}/local/seed/{sobject}"
+        response = sf.session.post(url, json={"records": records}, headers={"Authorization": "Bearer " + sf.session_id})
+        response.raise_for_status()
+        return list(response.json()["ids"])
+
+    user_ids = dict(zip(emails, seed("User", [_user_record(e) for e in emails]), strict=True)) if emails else {}
+    records = [
+        {"Id": r.crm_account_id, "Name": str(r.name)[:255],
+         **({"OwnerId": user_ids[r.owner_email.lower()]} if isinstance(r.owner_email, str) and r.owner_email.lower() in user_ids else {})}
+        for r in accounts.itertuples()
+    ]
+    for start in range(0, len(records), 5000):
+        seed("Account", records[start:start + 5000])
+    return len(records)
+
+
+def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True) -> SyncSummary:
+    """Push the day's health fields and all pending tasks; store the Task Ids returned.
+
+    The intent ledger (table ``crm_sync_ledger``) makes the push a delta (unchanged
+    accounts are not sent again) and lets a crashed run resume without duplicates.
+    """
+    from churnflow.outreach import record_task_ids
+
+    health = load_account_health(engine, as_of)
+    tasks = load_pending_tasks(engine)
+    summary = SyncSummary(as_of=as_of, dry_run=dry_run, planned={"accounts": len(health), "tasks": len(tasks)})
+    if dry_run:  # read-only: not even the ledger table is created
+        ledger = Ledger.existing(engine) if use_ledger else None
+        if ledger is not None and len(health):
+            updates = account_health_updates(health, PushSummary(kind="account_health"))
+            same = ledger.unchanged("account_health", {k: payload_hash(v) for k, v in updates.items()})
+            summary.planned["accounts"] = len(updates) - len(same)
+        log.info("%s", summary.describe())
+        return summary
+    ledger = Ledger(engine) if use_ledger else None
+    local = settings.crm == "local"
+    with local_crm(settings) if local else nullcontext() as server:
+        sf = connect(settings)
+        if local:
+            emails = [e for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()]
+            try:
+                mirror_book_to_local(engine, sf, server, emails)
+            except (requests.RequestException, ValueError) as exc:
+                log.warning("could not mirror warehouse accounts into the local CRM: %s", exc)
+        if len(health):
+            summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger)
+        if len(tasks):
+            summary.tasks = push_tasks(sf, tasks, ledger=ledger)
+            record_task_ids(engine, summary.tasks.ids)
+    log.info("crm sync %s", summary.describe())
+    return summary
