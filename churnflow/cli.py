@@ -23,6 +23,8 @@ from churnflow.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="churnflow: customer health scores, churn risk and outreach, end to end.")
 console = Console()
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: print figures (seconds, rows/s, peak memory) as JSON.")
+app.add_typer(bench_app, name="bench")
 
 AsOf = Annotated[Optional[datetime], typer.Option("--as-of", formats=["%Y-%m-%d"], help="As-of date (YYYY-MM-DD). Default: today, or the day after the newest data.")]
 
@@ -244,6 +246,15 @@ def demo_cmd(
     console.print(f"  MLflow UI : .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000  -> http://127.0.0.1:5000")
     console.print(f"  digest    : {result['digest']}")
     console.print(f"  CRM       : .venv/bin/churnflow crm-server  -> https://127.0.0.1:{settings.local_crm_port}/ (self-signed certificate)")
+
+
+@bench_app.command("explain")
+def bench_explain_cmd(rows: Annotated[int, typer.Option(help="Distinct feature rows to explain.")] = 20000) -> None:
+    """Explain the same rows with shap.TreeExplainer and churnflow's explainer; values must match."""
+    from models.bench import bench_explain
+
+    settings = _settings()
+    console.print_json(json.dumps(bench_explain(_engine(settings), settings, rows)))
 
 
 @app.command("crm-server")

@@ -1,9 +1,8 @@
 """Explaining scores: exact tree SHAP values and plain-words drivers.
 
-``Booster.predict(pred_contrib=True)`` returns the same exact TreeSHAP values as
-``shap.TreeExplainer`` on a LightGBM model (TreeExplainer delegates to it); calling it
-directly in bounded chunks avoids TreeExplainer's per-call overhead and keeps memory flat.
-Contributions are on the model's margin (log-odds) scale; calibration is monotone, so the
+The values are exactly those of ``shap.TreeExplainer`` on the LightGBM model (which
+delegates to ``Booster.predict(pred_contrib=True)``), computed faster by
+:mod:`models.fast_shap` and in bounded chunks. Contributions are on the model's margin (log-odds) scale; calibration is monotone, so the
 ranking of drivers is the same on the probability scale.
 """
 
@@ -16,16 +15,18 @@ import pandas as pd
 
 from features.catalogue import BY_NAME, FAMILIES, family_of
 from models.churn_model import ChurnModel
+from models.fast_shap import tree_shap
 
 
 def contributions(model: ChurnModel, features: pd.DataFrame, chunk_rows: int = 20000) -> np.ndarray:
-    """SHAP values, shape (rows, features + 1); the last column is the expected value."""
-    X = model.matrix(features)
-    parts = [
-        np.asarray(model.booster.predict(X.iloc[start : start + chunk_rows], pred_contrib=True))
-        for start in range(0, len(X), chunk_rows)
-    ]
-    return np.vstack(parts) if parts else np.empty((0, len(model.feature_names) + 1))
+    """Exact SHAP values, shape (rows, features + 1); the last column is the expected value.
+
+    Computed by :func:`models.fast_shap.tree_shap` in bounded chunks: the same values as
+    ``shap.TreeExplainer`` / ``pred_contrib``, several times faster (``churnflow bench explain``).
+    """
+    if len(features) == 0:
+        return np.empty((0, len(model.feature_names) + 1))
+    return tree_shap(model.booster, model.matrix(features), chunk_rows=chunk_rows)
 
 
 def _driver(name: str, value: object, contribution: float) -> dict[str, object]:
