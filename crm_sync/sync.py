@@ -23,7 +23,7 @@ from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.ledger import Ledger, payload_hash
 from crm_sync.local_server import LocalSalesforce
-from crm_sync.push import PushSummary, account_health_updates, push_account_health, push_tasks
+from crm_sync.push import DEFAULT_RETRY, PushSummary, account_health_updates, in_clause_queries, push_account_health, push_tasks, query_all
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,15 @@ class SyncSummary:
     accounts: PushSummary | None = None
     tasks: PushSummary | None = None
     planned: dict[str, int] = field(default_factory=dict)
+    statuses_changed: int = 0
 
     def describe(self) -> str:
         if self.dry_run:
             return (f"dry run as of {self.as_of}: would write health fields on {self.planned.get('accounts', 0)} accounts "
                     f"and push {self.planned.get('tasks', 0)} pending tasks")
         parts = [s.describe() for s in (self.accounts, self.tasks) if s is not None]
+        if self.statuses_changed:
+            parts.append(f"{self.statuses_changed} task status(es) read back")
         return f"as of {self.as_of}: " + ("; ".join(parts) if parts else "nothing to push")
 
 
@@ -135,5 +138,33 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
         if len(tasks):
             summary.tasks = push_tasks(sf, tasks, ledger=ledger)
             record_task_ids(engine, summary.tasks.ids)
+        summary.statuses_changed = refresh_task_status(engine, sf)
     log.info("crm sync %s", summary.describe())
     return summary
+
+
+def refresh_task_status(engine: sa.Engine, sf: Salesforce) -> int:
+    """Read the status of churnflow's open tasks back from the CRM into ``outreach_tasks``.
+
+    CS teams complete tasks in Salesforce; cooldowns, the open-task cap and the digest's
+    completion and lift figures must use those real outcomes. Returns how many changed.
+    """
+    from churnflow.outreach import CLOSED_STATUSES, TASKS_TABLE
+
+    if not table_exists(engine, TASKS_TABLE):
+        return 0
+    closed = ", ".join(f"'{s}'" for s in CLOSED_STATUSES)  # constants, not input
+    ours = read_sql(engine, f"SELECT crm_task_id, status FROM {TASKS_TABLE} WHERE crm_task_id IS NOT NULL AND status NOT IN ({closed})")
+    if ours.empty:
+        return 0
+    current: dict[str, str] = {}
+    for soql in in_clause_queries(sf, "SELECT Id, Status FROM Task", "Id", ours["crm_task_id"].tolist()):
+        for record in query_all(sf, soql, DEFAULT_RETRY):
+            current[record["Id"]] = record["Status"]
+    known = dict(zip(ours["crm_task_id"], ours["status"], strict=True))
+    changed = [{"status": status, "task_id": task_id} for task_id, status in current.items() if known.get(task_id) != status]
+    if changed:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {TASKS_TABLE} SET status = :status WHERE crm_task_id = :task_id"), changed)
+    log.info("task status read back: %d of %d open tasks changed", len(changed), len(ours))
+    return len(changed)

@@ -191,3 +191,21 @@ def test_seed_refuses_to_overwrite(server: LocalSalesforce, uid: str) -> None:
         server.seed("Account", [{"Id": rid, "Name": f"{uid} impostor"}])
     assert server.seed("Account", [{"Id": rid, "Name": f"{uid} impostor"}], skip_existing=True) == [rid]
     assert server.get_record("Account", rid)["Name"] == f"{uid} original"
+
+
+def test_task_status_is_read_back_from_the_crm(tmp_path: Path, engine: sa.Engine) -> None:
+    as_of = date(2026, 11, 20)
+    _warehouse(engine, as_of)
+    settings = Settings(home=tmp_path / "home", crm="local", local_crm_port=0)
+    with local_crm(settings):
+        sync_crm(engine, settings, as_of)
+        stored = read_sql(engine, "SELECT task_key, crm_task_id, status FROM outreach_tasks WHERE crm_task_id IS NOT NULL ORDER BY task_key")
+        assert set(stored["status"]) == {"Not Started"}
+        done = stored.iloc[0]
+        connect(settings).Task.update(done["crm_task_id"], {"Status": "Completed"})  # a CSM closes it in Salesforce
+        again = sync_crm(engine, settings, as_of)
+        assert again.statuses_changed == 1 and "read back" in again.describe()
+        after = read_sql(engine, "SELECT task_key, status FROM outreach_tasks").set_index("task_key")["status"]
+        assert after[done["task_key"]] == "Completed"
+        assert (after.drop(done["task_key"]) != "Completed").all()
+        assert sync_crm(engine, settings, as_of).statuses_changed == 0
