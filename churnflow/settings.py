@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     # -- model -----------------------------------------------------------------------
     num_boost_round: int = Field(300, ge=10, description="Maximum LightGBM boosting rounds (early stopping may use fewer).")
     learning_rate: float = Field(0.05, gt=0, description="LightGBM learning rate.")
-    num_leaves: int = Field(15, ge=2, description="LightGBM num_leaves.")
-    min_data_in_leaf: int = Field(40, ge=1, description="LightGBM min_data_in_leaf.")
+    num_leaves: int = Field(7, ge=2, description="LightGBM num_leaves.")
+    min_data_in_leaf: int = Field(80, ge=1, description="LightGBM min_data_in_leaf.")
     seed: int = Field(7, description="Seed for model training and stable hashing.")
     promotion_margin: float = Field(0.005, ge=0, description="A challenger becomes champion only if its holdout AUC beats the champion's by this much.")
     explain_chunk_rows: int = Field(20000, ge=100, description="Rows explained per chunk (bounds memory while explaining every account).")

@@ -3,6 +3,7 @@
 - ``daily``: features -> score -> outreach -> CRM sync, for an as-of date (default today,
   or the day after the newest data when the data stops earlier).
 - ``train``: retrain on matured snapshots and run the champion/challenger gate.
+- ``monitor``: drift and realized performance of the champion; alerts on a breach.
 - ``digest``: the weekly executive risk digest.
 - ``backfill``: features (and optionally scores) over a date range.
 - ``demo``: generate a demo book, then train, daily and digest once, end to end.
@@ -13,11 +14,12 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pandas as pd
-from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from churnflow.settings import Settings
 from flows import tasks
+from flows.notify import FAILURE_HOOKS
 
 
 def _top_risk_table(scores: pd.DataFrame, rows: int = 15) -> list[dict[str, object]]:
@@ -32,7 +34,7 @@ def _top_risk_table(scores: pd.DataFrame, rows: int = 15) -> list[dict[str, obje
     ]
 
 
-@flow(name="daily", log_prints=False)
+@flow(name="daily", log_prints=False, **FAILURE_HOOKS)
 def daily_flow(as_of: date | None = None, dry_run: bool = False) -> dict[str, object]:
     """Score every active account as of a date and act on it.
 
@@ -60,26 +62,80 @@ def daily_flow(as_of: date | None = None, dry_run: bool = False) -> dict[str, ob
         markdown="\n".join([f"# churnflow daily run, as of {day}", ""] + [f"- **{k}**: {v}" for k, v in summary.items()]),
         description="Numbers of the daily run",
     )
+    get_run_logger().info(
+        "daily %s: %d accounts scored %s, ARR at risk %.0f, %d tasks created, %d held out",
+        day, summary["accounts_scored"], bands, summary["arr_at_risk"], summary["tasks_created"], summary["tasks_held_out"],
+    )
     return summary
 
 
-@flow(name="train")
-def train_flow() -> dict[str, object]:
-    """Retrain the churn model on matured snapshots and gate it against the champion."""
+@flow(name="train", **FAILURE_HOOKS)
+def train_flow(force: bool = False) -> dict[str, object]:
+    """Retrain the churn model on matured snapshots and gate it against the champion.
+
+    Args:
+        force: Retrain even if the champion was trained on exactly the data the warehouse holds now (e.g. after changing model settings).
+    """
     settings = Settings()
+    logger = get_run_logger()
+    due, why, champion = tasks.training_due(settings)
+    if not due and not force:
+        assert champion is not None
+        logger.info("%s", why)
+        create_markdown_artifact(key="train-summary", markdown=f"# Training skipped\n\n{why}", description="Champion kept, nothing retrained")
+        return champion
+    logger.info("training: %s", "forced" if force and not due else why)
     result = tasks.train_model(settings)
+    link = tasks.mlflow_run_link(settings, result.run_id)
+    create_link_artifact(key="train-mlflow-run", link=link, link_text=f"MLflow run {result.run_id} (model v{result.model_version})",
+                         description="The training run in the MLflow UI")
     create_markdown_artifact(
         key="train-summary",
         markdown="\n".join(
-            [f"# Training run {result.run_id}", "", f"- model version: {result.model_version}", f"- gate: {result.reason}"]
+            [f"# Training run {result.run_id}", "", f"- model version: {result.model_version}", f"- promoted: {result.promoted}", f"- gate: {result.reason}"]
             + [f"- holdout {k}: {v:.4f}" for k, v in result.metrics.items()]
-            + ["", f"MLflow: run `{result.run_id}` in experiment `{settings.mlflow_experiment}` ({settings.tracking_uri})"]
+            + ["", f"MLflow: [run `{result.run_id}`]({link}) in experiment `{settings.mlflow_experiment}` ({settings.tracking_uri})"]
         ),
+        description=f"Model v{result.model_version}: {result.reason}",
     )
+    logger.info("model v%s: holdout AUC %.4f, promoted %s (%s)", result.model_version, result.metrics["roc_auc"], result.promoted, result.reason)
     return {"run_id": result.run_id, "model_version": result.model_version, "promoted": result.promoted, "reason": result.reason, **result.metrics}
 
 
-@flow(name="digest")
+@flow(name="monitor", **FAILURE_HOOKS)
+def monitor_flow(as_of: date | None = None) -> dict[str, object]:
+    """Check the champion for drift (PSI vs its training window) and realized performance of matured scores.
+
+    A breach tags the model version needs_retraining in MLflow and sends an alert over the
+    failure-notification channels; the run itself still completes.
+
+    Args:
+        as_of: Day to check (that day's features; scores whose labels have matured by then). Empty: today, or the day after the newest data.
+    """
+    settings = Settings()
+    day = tasks.resolve_as_of(settings, as_of)
+    report = tasks.monitor_model(settings, day)
+    rows = report.rows.sort_values(["breached", "value"], ascending=[False, False]).head(25)
+    create_table_artifact(
+        key="model-monitoring",
+        table=[{"metric": r.metric, "value": round(float(r.value), 4), "breached": bool(r.breached), "detail": r.detail} for r in rows.itertuples()],
+        description=f"Model v{report.model_version} as of {day}: breaches first, then the largest values",
+    )
+    verdict = f"model v{report.model_version} needs retraining" if report.needs_retraining else f"model v{report.model_version}: no breach"
+    create_markdown_artifact(
+        key="monitor-summary",
+        markdown="\n".join([f"# Model monitoring, as of {day}", "", f"- **verdict**: {verdict}", f"- **checks**: {len(report.rows)}",
+                            f"- **breaches**: {len(report.breaches)}"] + [f"  - {b}" for b in report.breaches[:20]]),
+        description=verdict,
+    )
+    if report.breaches:
+        tasks.alert(settings, f"[churnflow] {verdict} (as of {day})", "Breaches:\n" + "\n".join(report.breaches)
+                    + "\n\nRetrain: prefect deployment run 'train/train' --param force=true")
+    get_run_logger().info("monitor %s: %s (%d checks, %d breaches)", day, verdict, len(report.rows), len(report.breaches))
+    return {"as_of": str(day), "model_version": report.model_version, "needs_retraining": report.needs_retraining, "breaches": report.breaches}
+
+
+@flow(name="digest", **FAILURE_HOOKS)
 def digest_flow(week_ending: date | None = None) -> str:
     """Write the weekly executive risk digest (HTML file and a Markdown artifact).
 
@@ -92,7 +148,7 @@ def digest_flow(week_ending: date | None = None) -> str:
     return path
 
 
-@flow(name="backfill")
+@flow(name="backfill", **FAILURE_HOOKS)
 def backfill_flow(start: date, end: date, every_days: int = 7, score: bool = True) -> dict[str, object]:
     """Build features (and optionally scores) for as-of dates from start to end.
 
@@ -109,15 +165,28 @@ def backfill_flow(start: date, end: date, every_days: int = 7, score: bool = Tru
         features = tasks.build_features(settings, day)
         if score:
             scored += len(tasks.score_accounts(settings, day, features))
-    return {"dates": [str(d) for d in days], "rows_scored": scored}
+    result = {"dates": [str(d) for d in days], "rows_scored": scored}
+    create_markdown_artifact(
+        key="backfill-summary",
+        markdown=f"# Backfill {start} to {end}\n\n- as-of dates: {len(days)} (every {every_days} days)\n- rows scored: {scored}\n- dates: {', '.join(result['dates'])}",
+        description=f"Backfill of {len(days)} as-of dates",
+    )
+    get_run_logger().info("backfill: %d as-of dates from %s to %s, %d rows scored", len(days), start, end, scored)
+    return result
 
 
-@flow(name="demo")
+@flow(name="demo", **FAILURE_HOOKS)
 def demo_flow(accounts: int = 1500, days: int = 540, seed: int = 42) -> dict[str, object]:
-    """Generate a demo book and run train, daily and digest once, end to end."""
+    """Generate a demo book and run train, daily and digest once, end to end.
+
+    Args:
+        accounts: Number of demo accounts to generate.
+        days: Days of history to generate.
+        seed: Random seed of the demo book.
+    """
     settings = Settings()
     counts = tasks.generate_demo_book(settings, accounts, days, seed)
-    trained = train_flow()
+    trained = train_flow(force=True)  # a new book: always retrain
     as_of = tasks.resolve_as_of(settings, None)
     # Twelve weeks of score history first, so trends, movers and the digest have a past.
     backfill = backfill_flow(as_of - timedelta(days=84), as_of - timedelta(days=7), every_days=7, score=True)

@@ -2,6 +2,12 @@
 
 Tasks take the Settings object (not engines or clients) so every run is reproducible from
 its parameters; the engine is opened inside from the settings.
+
+Caching: none across runs (``NO_CACHE``), on purpose. A correct key for build-features
+needs a watermark of every change to the rows a day's features read; the warehouse has
+event timestamps but no load/update timestamps, so late-arriving or amended rows would be
+invisible to any cheap key and a cache would serve stale features. Within a run features
+are computed once and passed on in memory. See docs/operations.md, "Retries and caching".
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from churnflow.settings import Settings
 from churnflow.warehouse import get_engine
 from crm_sync import sync as crm_stage
 from features import build as feature_stage
-from models import score as score_stage, train as train_stage
+from models import monitor as monitor_stage, score as score_stage, train as train_stage
 
 WAREHOUSE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30]}
 CRM_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}
@@ -41,6 +47,45 @@ def build_features(settings: Settings, as_of: date) -> pd.DataFrame:
     frame = feature_stage.materialize_features(get_engine(settings.warehouse), [as_of])
     get_run_logger().info("features as of %s: %d active accounts, %d features", as_of, len(frame), frame.shape[1] - 2)
     return frame
+
+
+@task(name="check-training-due", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def training_due(settings: Settings) -> tuple[bool, str, dict[str, object] | None]:
+    """Is a retrain worth it? (due, why, the champion's summary when it is not).
+
+    Not due only when the champion was trained on exactly the data the warehouse holds now
+    (same ``observed_until``) with the current feature set: retraining would reproduce it.
+    Setting changes (hyperparameters, horizon) are not detected: use ``force``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from features.catalogue import FEATURE_SET_VERSION
+    from features.labels import data_window
+    from models.registry import CHAMPION, configure_mlflow
+
+    client = configure_mlflow(settings)
+    observed_until = str(data_window(get_engine(settings.warehouse))[1])
+    try:
+        version = client.get_model_version_by_alias(settings.model_name, CHAMPION)
+    except MlflowException:
+        return True, "no champion yet", None
+    run = client.get_run(version.run_id)
+    params = run.data.params
+    if params.get("observed_until") != observed_until:
+        return True, f"new data: champion v{version.version} observed until {params.get('observed_until')}, warehouse until {observed_until}", None
+    if params.get("feature_set_version") != FEATURE_SET_VERSION:
+        return True, f"feature set changed: champion v{version.version} has {params.get('feature_set_version')}, code has {FEATURE_SET_VERSION}", None
+    metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
+    reason = f"skipped: champion v{version.version} was trained on the same data (observed until {observed_until}); pass force=true to retrain"
+    return False, reason, {"run_id": version.run_id, "model_version": str(version.version), "promoted": False, "reason": reason, **metrics}
+
+
+@task(name="mlflow-run-link", cache_policy=NO_CACHE)
+def mlflow_run_link(settings: Settings, run_id: str) -> str:
+    from models.registry import configure_mlflow
+
+    experiment_id = configure_mlflow(settings).get_run(run_id).info.experiment_id
+    return f"{settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -73,6 +118,25 @@ def sync_crm(settings: Settings, as_of: date, dry_run: bool) -> crm_stage.SyncSu
     summary = crm_stage.sync_crm(get_engine(settings.warehouse), settings, as_of, dry_run=dry_run)
     get_run_logger().info("crm sync: %s", summary.describe())
     return summary
+
+
+@task(name="monitor-model", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def monitor_model(settings: Settings, as_of: date) -> monitor_stage.MonitorReport:
+    report = monitor_stage.monitor_champion(get_engine(settings.warehouse), settings, as_of)
+    get_run_logger().info(
+        "monitoring model v%s as of %s: %d checks, %d breaches%s", report.model_version, as_of, len(report.rows), len(report.breaches),
+        f": {'; '.join(report.breaches[:5])}" if report.breaches else "",
+    )
+    return report
+
+
+@task(name="alert", cache_policy=NO_CACHE)
+def alert(settings: Settings, subject: str, body: str) -> list[str]:
+    from flows.notify import send_all
+
+    sent = send_all(settings, subject, body)
+    get_run_logger().info("alert %r sent via %s", subject, ", ".join(sent) or "nothing (no channel configured)")
+    return sent
 
 
 @task(name="write-digest", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
