@@ -257,11 +257,15 @@ def _finish(frame: pd.DataFrame, as_of: date) -> pd.DataFrame:
     return out.sort_values("account_id").reset_index(drop=True)
 
 
-def as_model_frame(features: pd.DataFrame) -> pd.DataFrame:
-    """Feature columns typed for LightGBM: categoricals with the catalogue's fixed categories."""
-    X = features[FEATURE_NAMES].copy()
-    for name in CATEGORICAL:
-        X[name] = pd.Categorical(X[name], categories=list(BY_NAME[name].categories))
+def as_model_frame(features: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
+    """Feature columns typed for LightGBM: categoricals with the catalogue's fixed categories
+    (columns outside the catalogue are taken as numeric)."""
+    X = features[list(names or FEATURE_NAMES)].copy()
+    for name in X.columns:
+        if name in CATEGORICAL:
+            X[name] = pd.Categorical(X[name], categories=list(BY_NAME[name].categories))
+        elif X[name].dtype == object:
+            X[name] = pd.to_numeric(X[name], errors="coerce")
     return X
 
 

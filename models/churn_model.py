@@ -38,7 +38,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self.reference: dict[str, object] = {}
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
-        return as_model_frame(features)[self.feature_names]
+        return as_model_frame(features, self.feature_names)
 
     def margin(self, features: pd.DataFrame) -> np.ndarray:
         return self.booster.predict(self.matrix(features), raw_score=True)

@@ -106,8 +106,11 @@ def lgb_params(settings: Settings) -> dict[str, object]:
     }
 
 
-def fit_model(ts: TrainingSet, settings: Settings) -> ChurnModel:
+def fit_model(ts: TrainingSet, settings: Settings, feature_names: list[str] | None = None) -> ChurnModel:
     """LightGBM on the fit slice, early-stopped and Platt-calibrated on the calibration slice.
+
+    ``feature_names`` defaults to the catalogue; a data scientist can pass another list
+    (e.g. the catalogue plus a candidate feature present in ``ts.frame``).
 
     Class imbalance is left to the loss (no reweighting), so raw probabilities stay
     honest; calibration only corrects the shape.
@@ -115,8 +118,9 @@ def fit_model(ts: TrainingSet, settings: Settings) -> ChurnModel:
     frame = ts.frame
     fit = frame[frame["as_of_date"].dt.date.isin(ts.fit_dates)]
     cal = frame[frame["as_of_date"].dt.date == ts.calibration_date]
-    train_data = lgb.Dataset(as_model_frame(fit), label=fit["churned"], free_raw_data=False)
-    valid_data = lgb.Dataset(as_model_frame(cal), label=cal["churned"], reference=train_data)
+    names = list(feature_names or FEATURE_NAMES)
+    train_data = lgb.Dataset(as_model_frame(fit, names), label=fit["churned"], free_raw_data=False)
+    valid_data = lgb.Dataset(as_model_frame(cal, names), label=cal["churned"], reference=train_data)
     booster = lgb.train(
         lgb_params(settings),
         train_data,
@@ -124,7 +128,7 @@ def fit_model(ts: TrainingSet, settings: Settings) -> ChurnModel:
         valid_sets=[valid_data],
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
-    model = ChurnModel(booster, PlattCalibrator(), list(FEATURE_NAMES), FEATURE_SET_VERSION)
+    model = ChurnModel(booster, PlattCalibrator(), names, FEATURE_SET_VERSION if names == FEATURE_NAMES else f"{FEATURE_SET_VERSION}+custom")
     margin = model.margin(cal)
     if cal["churned"].nunique() == 2:
         lr = LogisticRegression(C=1e6).fit(margin.reshape(-1, 1), cal["churned"])
@@ -222,11 +226,6 @@ def evaluate_and_register(
 
 def log_figures(model: ChurnModel, holdout: pd.DataFrame) -> None:
     """Calibration curve, lift by decile and SHAP summary of the holdout, as run artifacts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from models.figures import calibration_figure, lift_figure, shap_summary_figure
 
     y = holdout["churned"].to_numpy()
@@ -236,5 +235,4 @@ def log_figures(model: ChurnModel, holdout: pd.DataFrame) -> None:
         ("lift_by_decile.png", lift_figure(y, p)),
         ("shap_summary.png", shap_summary_figure(model, holdout)),
     ):
-        mlflow.log_figure(fig, f"figures/{name}")
-        plt.close(fig)
+        mlflow.log_figure(fig, f"figures/{name}")  # a bare Figure: no pyplot state, no backend switch
