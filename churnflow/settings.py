@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     explain_chunk_rows: int = Field(20000, ge=100, description="Rows explained per chunk (bounds memory while explaining every account).")
     gate_min_auc: float = Field(0.6, ge=0.5, le=1, description="Gate: a model whose holdout AUC is below this is refused (also the realized-AUC floor).")
     gate_max_ece: float = Field(0.05, gt=0, le=1, description="Gate: a model whose holdout expected calibration error exceeds this is refused.")
-    gate_max_feature_share: float = Field(0.5, gt=0, le=1, description="Gate: refuse if one feature carries more than this share of total gain (a leakage smell).")
+    gate_max_feature_share: float = Field(0.7, gt=0, le=1, description="Gate: refuse if one feature carries more than this share of total gain (a leakage smell).")
     psi_threshold: float = Field(0.25, gt=0, description="Monitoring: PSI above this is a drift breach.")
     auc_drop_threshold: float = Field(0.05, gt=0, description="Monitoring: realized AUC this far below the holdout AUC is a breach.")
     top_drivers: int = Field(3, ge=1, le=10, description="How many risk drivers are kept per account.")

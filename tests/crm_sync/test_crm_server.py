@@ -72,7 +72,18 @@ def test_ids_are_salesforce_shaped() -> None:
     assert to_id18("0015000000Gv7qJ") == "0015000000Gv7qJAAR"  # a real Salesforce id pair
 
 
-def test_query_pagination(server: LocalSalesforce, sf: Salesforce, uid: str) -> None:
+def test_query_pagination(crm_dir: Path, uid: str) -> None:
+    # A server of its own: the shared one may still be finishing a slow request that an
+    # earlier fault test gave up on, which would blur the call count asserted here.
+    server = LocalSalesforce(cert_dir=crm_dir, page_size=50)
+    server.start()
+    try:
+        _check_pagination(server, connect_local(server, timeout=(5, 10)), uid)
+    finally:
+        server.stop()
+
+
+def _check_pagination(server: LocalSalesforce, sf: Salesforce, uid: str) -> None:
     server.seed("Account", [{"Name": f"{uid} page {i:03d}"} for i in range(120)])
     before = server.api_calls["query"]
     first = sf.query(f"SELECT Id, Name FROM Account WHERE Name LIKE '{uid} page%' ORDER BY Name")
