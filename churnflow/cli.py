@@ -78,6 +78,38 @@ def demo_data_cmd(
     _print_counts("demo book", counts)
 
 
+def _run_ingest(mapping: Path, run_date: datetime | None, max_bad_share: float | None, *, load: bool) -> None:
+    from churnflow.ingest import IngestError, ingest, validate
+
+    settings = _settings()
+    action = ingest if load else validate
+    try:
+        report = action(_engine(settings), mapping, run_date.date() if run_date else None, max_bad_share=max_bad_share)
+    except IngestError as exc:
+        console.print(f"[bold red]{exc}[/bold red]")
+        raise typer.Exit(1) from None
+    console.print(report.describe())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+MappingOpt = Annotated[Path, typer.Option("--mapping", exists=True, dir_okay=False, help="Mapping file (YAML): where each canonical table comes from.")]
+RunDateOpt = Annotated[Optional[datetime], typer.Option("--run-date", formats=["%Y-%m-%d"], help="Rows stamped after this day are rejected. Default: today.")]
+MaxBadOpt = Annotated[Optional[float], typer.Option("--max-bad-share", help="Fail a table when more than this share of its rows is bad (default 0.05 or the mapping's).")]
+
+
+@app.command("ingest")
+def ingest_cmd(mapping: MappingOpt, run_date: RunDateOpt = None, max_bad_share: MaxBadOpt = None) -> None:
+    """Load your data into the canonical tables through a mapping file; bad rows go to quarantine."""
+    _run_ingest(mapping, run_date, max_bad_share, load=True)
+
+
+@app.command("validate")
+def validate_cmd(mapping: MappingOpt, run_date: RunDateOpt = None, max_bad_share: MaxBadOpt = None) -> None:
+    """Check a mapping and its data against the contracts without loading anything."""
+    _run_ingest(mapping, run_date, max_bad_share, load=False)
+
+
 @app.command("features")
 def features_cmd(as_of: AsOf = None) -> None:
     """Build point-in-time features for one as-of date into account_features."""

@@ -82,3 +82,20 @@ def test_a_stage_without_its_inputs_says_what_to_run(tmp_path: Path, monkeypatch
     result = runner.invoke(app, ["outreach", "--as-of", "2026-11-01"])
     assert result.exit_code != 0
     assert "churnflow score" in result.output or "account_scores" in str(result.exception)
+
+
+def test_validate_and_ingest_a_foreign_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    export = tmp_path / "export"
+    subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "foreign_export" / "make_export.py"), str(export)], check=True, capture_output=True)
+    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
+    mapping = str(export / "sources.yaml")
+    output = invoke("validate", "--mapping", mapping, "--run-date", "2026-11-01")
+    assert "quarantined" in output.lower() or "valid" in output
+    invoke("ingest", "--mapping", mapping, "--run-date", "2026-11-01")
+    engine = get_engine(Settings().warehouse)
+    assert int(read_sql(engine, "SELECT COUNT(*) AS n FROM quarantine").loc[0, "n"]) > 0
+    failed = runner.invoke(app, ["ingest", "--mapping", mapping, "--run-date", "2026-11-01", "--max-bad-share", "0.0000001"])
+    assert failed.exit_code == 1 and "broke its contract" in failed.output

@@ -1,0 +1,298 @@
+"""Data contracts for the canonical tables, and the quarantine they feed.
+
+A contract is derived from the declarations in :mod:`churnflow.schema` (columns, kinds,
+required flags, keys) plus the value rules declared once below (:data:`RANGES`,
+:data:`ALLOWED`, :data:`ORDERED`, :data:`CONDITIONAL_RANGES`). :func:`check` applies it to an
+already-coerced frame with vectorised pandas operations (no per-row Python), so it scales
+to millions of usage rows, and returns one violation record per (row, broken rule).
+
+Rules, in the order they are evaluated (every rule runs on every row; a row that breaks
+several is reported once per rule but counted once):
+
+* required columns are non-null (after mapping defaults and the schema's defaults);
+* enumerations (``kind``, ``priority``) after lower-casing and trimming;
+* numeric ranges, including score ranges that depend on the survey ``kind``;
+* ordering between columns (``end_date > start_date``, ``closed_at >= opened_at``);
+* no timestamp after the run date (timestamp columns only: a subscription's ``end_date``
+  is a *date* and is legitimately in the future);
+* referential integrity: ``account_id`` must be a known account;
+* key uniqueness, last: among rows that pass every other rule, the first occurrence of a
+  key (in source order) is kept and later ones are quarantined as duplicates.
+
+Values that could not be parsed as their column's kind are reported by the coercion step
+(:mod:`churnflow.ingest`) in the same record format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+
+from churnflow.schema import CANONICAL, TableSpec
+
+# ---------------------------------------------------------------------------- declarations
+
+RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    # (table, column): (minimum, maximum), inclusive; None = unbounded.
+    ("subscriptions", "seats"): (0, None),
+    ("subscriptions", "arr"): (0, None),
+    ("usage", "quantity"): (0, None),
+    ("usage", "duration_s"): (0, None),
+    ("usage", "errors"): (0, None),
+    ("tickets", "first_response_minutes"): (0, None),
+    ("tickets", "csat"): (1, 5),
+}
+"""Inclusive value ranges per (table, column)."""
+
+SCORE_SCALES: dict[str, tuple[float, float]] = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
+"""Survey score scale per kind."""
+
+CONDITIONAL_RANGES: dict[tuple[str, str], tuple[str, dict[str, tuple[float, float]]]] = {
+    # (table, column): (the column whose value selects the range, {value: (min, max)})
+    ("surveys", "score"): ("kind", SCORE_SCALES),
+}
+
+ALLOWED: dict[tuple[str, str], frozenset[str]] = {
+    ("surveys", "kind"): frozenset(SCORE_SCALES),
+    ("tickets", "priority"): frozenset({"low", "normal", "high", "urgent"}),
+}
+"""Enumerated columns; incoming values are trimmed and lower-cased before the check."""
+
+ORDERED: dict[str, list[tuple[str, str, bool]]] = {
+    # table: [(later column, earlier column, strict)] -- later > earlier (strict) or >=.
+    "subscriptions": [("end_date", "start_date", True)],
+    "tickets": [("closed_at", "opened_at", False)],
+}
+
+REFERENCES: dict[str, str] = {
+    # table: column that must name a known account
+    "subscriptions": "account_id",
+    "usage": "account_id",
+    "tickets": "account_id",
+    "surveys": "account_id",
+}
+
+DEFAULT_MAX_BAD_SHARE = 0.05
+"""A table whose share of quarantined rows exceeds this fails the run."""
+
+VIOLATION_COLUMNS = ["row", "field", "value", "reason"]
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else (str(int(x)) if float(x).is_integer() else str(x))
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Everything checked for one canonical table."""
+
+    table: str
+    spec: TableSpec
+    required: tuple[str, ...]
+    key: tuple[str, ...]
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    conditional_ranges: dict[str, tuple[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
+    allowed: dict[str, frozenset[str]] = field(default_factory=dict)
+    ordered: tuple[tuple[str, str, bool], ...] = ()
+    reference: str | None = None
+    timestamps: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        """The rules as sentences (for docs and ``--help`` text)."""
+        lines = [f"required: {', '.join(self.required)}"]
+        if self.key:
+            lines.append(f"unique key: {', '.join(self.key)} (first occurrence kept)")
+        for col, (lo, hi) in self.ranges.items():
+            lines.append(f"{col} in [{_fmt(lo)}, {_fmt(hi) or 'inf'}]")
+        for col, (by, scales) in self.conditional_ranges.items():
+            lines.append(f"{col} by {by}: " + ", ".join(f"{k} {_fmt(a)}-{_fmt(b)}" for k, (a, b) in scales.items()))
+        for col, values in self.allowed.items():
+            lines.append(f"{col} in {{{', '.join(sorted(values))}}}")
+        for later, earlier, strict in self.ordered:
+            lines.append(f"{later} {'>' if strict else '>='} {earlier}")
+        if self.reference:
+            lines.append(f"{self.reference} references a known account")
+        if self.timestamps:
+            lines.append(f"not after the run date: {', '.join(self.timestamps)}")
+        return lines
+
+
+def contract_for(table: str) -> Contract:
+    """The contract of a canonical table, from schema.py plus the rules above."""
+    if table not in CANONICAL:
+        raise KeyError(f"'{table}' is not a canonical table; expected one of {sorted(CANONICAL)}")
+    spec = CANONICAL[table]
+    return Contract(
+        table=table,
+        spec=spec,
+        required=tuple(c.name for c in spec.columns if c.required),
+        key=spec.key,
+        ranges={c: r for (t, c), r in RANGES.items() if t == table},
+        conditional_ranges={c: r for (t, c), r in CONDITIONAL_RANGES.items() if t == table},
+        allowed={c: v for (t, c), v in ALLOWED.items() if t == table},
+        ordered=tuple(ORDERED.get(table, ())),
+        reference=REFERENCES.get(table),
+        timestamps=tuple(c.name for c in spec.columns if c.kind == "timestamp"),
+    )
+
+
+CONTRACTS: dict[str, Contract] = {name: contract_for(name) for name in CANONICAL}
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def violations_frame(rows: np.ndarray, field_name: str, values: pd.Series | np.ndarray | None, reason: str) -> pd.DataFrame:
+    """Violation records for positional ``rows`` (values as text; None stays None)."""
+    if values is None:
+        text = np.full(len(rows), None, dtype=object)
+    else:
+        vals = pd.Series(values.iloc[rows].to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)[rows])
+        text = vals.map(_as_text).to_numpy(dtype=object)
+    return pd.DataFrame({"row": rows.astype(np.int64), "field": field_name, "value": text, "reason": reason})
+
+
+def _as_text(v: object) -> str | None:
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT or v is pd.NA:
+        return None
+    if isinstance(v, (pd.Timestamp, datetime)):
+        ts = pd.Timestamp(v)
+        return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.isoformat(sep=" ")
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def normalise_enums(frame: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """Trim and lower-case enumerated columns in place (``High`` means ``high``)."""
+    for col in contract.allowed:
+        if col in frame.columns:
+            s = frame[col]
+            frame[col] = s.where(s.isna(), s.astype("string").str.strip().str.lower().astype(object))
+    return frame
+
+
+def check(
+    frame: pd.DataFrame,
+    contract: Contract,
+    *,
+    run_date: date,
+    known_accounts: Iterable[str] | pd.Index | None = None,
+    exclude: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Violations of ``contract`` in a coerced frame, one record per (row, rule).
+
+    ``row`` is the positional row index in ``frame``. ``known_accounts`` is the set of valid
+    account ids (None skips the reference check, e.g. for the accounts table itself).
+    ``exclude`` marks rows already rejected (e.g. unparseable values): they take no part
+    in the duplicate check, so a bad first copy does not shadow a good later one.
+    """
+    n = len(frame)
+    out: list[pd.DataFrame] = []
+
+    def add(mask: np.ndarray, col: str, reason: str, values: pd.Series | None = None) -> None:
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            out.append(violations_frame(rows, col, frame[col] if values is None else values, reason))
+
+    for col in contract.required:
+        add(frame[col].isna().to_numpy(), col, f"missing required {col}", values=pd.Series([None] * n, dtype=object))
+
+    for col, values in contract.allowed.items():
+        s = frame[col]
+        add((s.notna() & ~s.isin(values)).to_numpy(), col, f"{col} not one of {', '.join(sorted(values))}")
+
+    for col, (lo, hi) in contract.ranges.items():
+        s = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        bad = np.zeros(n, dtype=bool)
+        if lo is not None:
+            bad |= (s < lo).to_numpy()
+        if hi is not None:
+            bad |= (s > hi).to_numpy()
+        label = f"{col} out of range {_fmt(lo)}-{_fmt(hi)}" if hi is not None else f"{col} below {_fmt(lo)}"
+        add(bad, col, label)
+
+    for col, (by, scales) in contract.conditional_ranges.items():
+        s = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        for value, (lo, hi) in scales.items():
+            sel = (frame[by] == value).to_numpy()
+            bad = sel & ((s < lo) | (s > hi)).to_numpy()
+            add(bad, col, f"{col} out of range {_fmt(lo)}-{_fmt(hi)} for {by}={value}")
+
+    for later, earlier, strict in contract.ordered:
+        a, b = frame[later], frame[earlier]
+        both = (a.notna() & b.notna()).to_numpy()
+        cmp = (a <= b) if strict else (a < b)
+        add(both & cmp.fillna(False).to_numpy(dtype=bool), later, f"{later} {'not after' if strict else 'before'} {earlier}")
+
+    limit = pd.Timestamp(run_date) + pd.Timedelta(days=1)
+    for col in contract.timestamps:
+        s = frame[col]
+        add((s >= limit).fillna(False).to_numpy(dtype=bool), col, f"{col} after the run date {run_date.isoformat()}")
+
+    if contract.reference and known_accounts is not None:
+        col = contract.reference
+        known = known_accounts if isinstance(known_accounts, pd.Index) else pd.Index(list(known_accounts))
+        s = frame[col]
+        add((s.notna() & ~s.isin(known)).to_numpy(), col, f"unknown {col}")
+
+    violations = pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=VIOLATION_COLUMNS)
+
+    if contract.key and n:
+        rejected = np.zeros(n, dtype=bool)
+        rejected[violations["row"].to_numpy(dtype=np.int64)] = True
+        if exclude is not None:
+            rejected |= exclude
+        keys = frame.loc[~rejected, list(contract.key)]
+        dup = keys.duplicated(keep="first")
+        if dup.any():
+            rows = np.flatnonzero(~rejected)[dup.to_numpy()]
+            key_col = contract.key[0]
+            violations = pd.concat(
+                [violations, violations_frame(rows, key_col, frame[key_col], f"duplicate {'/'.join(contract.key)} (first occurrence kept)")],
+                ignore_index=True,
+            )
+    return violations.astype({"row": np.int64}) if len(violations) else violations
+
+
+# ---------------------------------------------------------------------------- quarantine
+
+QUARANTINE_TABLE = "quarantine"
+QUARANTINE_COLUMNS = ["table_name", "source", "source_row", "source_key", "field", "value", "reason", "run_id", "quarantined_at"]
+"""Quarantine records: one per (rejected row, broken rule).
+
+``source`` is the file name, ``query`` or the source table; ``source_row`` is the 1-based
+data row of a file (the first row after the header is 1) or of the query/table result;
+``source_key`` the row's key value(s) when the table has a key. The table is replaced per
+canonical table on every ingest, so it always shows the rejects of the latest load.
+"""
+
+
+def empty_quarantine() -> pd.DataFrame:
+    return quarantine_frame(pd.DataFrame(columns=QUARANTINE_COLUMNS))
+
+
+def quarantine_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Quarantine records with stable dtypes (so the warehouse table gets stable types)."""
+    out = pd.DataFrame(index=frame.index)
+    for col in QUARANTINE_COLUMNS:
+        s = frame[col] if col in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+        if col == "source_row":
+            out[col] = pd.to_numeric(s).astype("Int64")
+        elif col == "quarantined_at":
+            out[col] = pd.to_datetime(s).astype("datetime64[ns]")
+        else:
+            out[col] = s.astype(object).where(s.notna(), None)
+    return out.reset_index(drop=True)
+
+
+def top_reasons(violations: pd.DataFrame, n: int = 5) -> list[tuple[str, int]]:
+    """The ``n`` most frequent reasons with their counts, most frequent first."""
+    if violations.empty:
+        return []
+    counts = violations["reason"].value_counts()
+    return [(str(k), int(v)) for k, v in counts.head(n).items()]
