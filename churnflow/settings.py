@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     # -- labels ----------------------------------------------------------------------
     horizon_days: int = Field(90, ge=7, description="Churn is predicted within this many days after the as-of date.")
+    label_lead_days: int = Field(0, ge=0, description="Lead time: predict churn in [D + lead, D + lead + horizon); churn sooner than the lead is excluded from training.")
     churn_grace_days: int = Field(30, ge=0, description="An account whose coverage ends is churned only if nothing renews within this many days.")
     training_snapshots: int = Field(12, ge=4, description="How many of the newest monthly as-of dates with matured labels are used (fit + calibration + holdout).")
     holdout_snapshots: int = Field(2, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")

@@ -7,6 +7,9 @@ period are one coverage block. The account *churns* on the end date of a block w
 later term starts within the grace period. The label for (account, D) is 1 when the block
 covering D ends in [D, D + horizon), else 0. It is *matured* (known) only once
 D + horizon + grace has passed; unmatured snapshots are excluded, never counted as retained.
+With a lead time L (default 0) the window is [D + L, D + L + horizon): a churn too soon to
+act on is not what the model should learn, so accounts whose coverage ends within [D, D + L)
+are excluded, and maturity waits L days longer.
 """
 
 from __future__ import annotations
@@ -44,18 +47,21 @@ def coverage_blocks(subscriptions: pd.DataFrame, grace_days: int) -> pd.DataFram
 
 
 def labels_as_of(
-    subscriptions: pd.DataFrame, as_of: date, *, horizon_days: int, grace_days: int, observed_until: date
+    subscriptions: pd.DataFrame, as_of: date, *, horizon_days: int, grace_days: int, observed_until: date, lead_days: int = 0
 ) -> pd.DataFrame:
     """Labels for accounts covered at ``as_of``: account_id, churned (0/1), churn_date.
 
     Raises ValueError if the label has not matured by ``observed_until``.
     """
-    if not is_matured(as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until):
-        raise ValueError(f"labels as of {as_of} are not matured by {observed_until} (need {horizon_days}+{grace_days} days)")
+    if not is_matured(as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until, lead_days=lead_days):
+        raise ValueError(
+            f"labels as of {as_of} are not matured by {observed_until} (need {lead_days}+{horizon_days}+{grace_days} days)"
+        )
     blocks = coverage_blocks(subscriptions, grace_days)
     d = _ts(as_of)
-    covering = blocks[(blocks["block_start"] < d) & (blocks["block_end"] >= d)]
-    churned = covering["block_end"] < d + pd.Timedelta(days=horizon_days)
+    window_start = d + pd.Timedelta(days=lead_days)
+    covering = blocks[(blocks["block_start"] < d) & (blocks["block_end"] >= window_start)]
+    churned = covering["block_end"] < window_start + pd.Timedelta(days=horizon_days)
     out = pd.DataFrame(
         {
             "account_id": covering["account_id"].to_numpy(),
@@ -66,8 +72,8 @@ def labels_as_of(
     return out.drop_duplicates("account_id").reset_index(drop=True)
 
 
-def is_matured(as_of: date, *, horizon_days: int, grace_days: int, observed_until: date) -> bool:
-    return as_of + timedelta(days=horizon_days + grace_days) <= observed_until
+def is_matured(as_of: date, *, horizon_days: int, grace_days: int, observed_until: date, lead_days: int = 0) -> bool:
+    return as_of + timedelta(days=lead_days + horizon_days + grace_days) <= observed_until
 
 
 def month_starts(first: date, last: date) -> list[date]:
@@ -77,12 +83,13 @@ def month_starts(first: date, last: date) -> list[date]:
 
 
 def training_dates(
-    *, data_start: date, observed_until: date, horizon_days: int, grace_days: int, snapshots: int, min_history_days: int = 90
+    *, data_start: date, observed_until: date, horizon_days: int, grace_days: int, snapshots: int, min_history_days: int = 90,
+    lead_days: int = 0,
 ) -> list[date]:
     """The newest ``snapshots`` monthly as-of dates whose labels have matured and that have
     at least ``min_history_days`` of history behind them."""
     first = data_start + timedelta(days=min_history_days)
-    last = observed_until - timedelta(days=horizon_days + grace_days)
+    last = observed_until - timedelta(days=lead_days + horizon_days + grace_days)
     dates = month_starts(first, last)
     return dates[-snapshots:]
 
@@ -102,11 +109,14 @@ def load_subscriptions(engine: sa.Engine) -> pd.DataFrame:
 
 
 def label_snapshots(
-    subscriptions: pd.DataFrame, as_of_dates: Iterable[date], *, horizon_days: int, grace_days: int, observed_until: date
+    subscriptions: pd.DataFrame, as_of_dates: Iterable[date], *, horizon_days: int, grace_days: int, observed_until: date,
+    lead_days: int = 0,
 ) -> pd.DataFrame:
     frames = []
     for as_of in as_of_dates:
-        labels = labels_as_of(subscriptions, as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until)
+        labels = labels_as_of(
+            subscriptions, as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until, lead_days=lead_days
+        )
         labels.insert(0, "as_of_date", _ts(as_of))
         frames.append(labels)
     return pd.concat(frames, ignore_index=True)

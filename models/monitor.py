@@ -106,12 +106,12 @@ def realized_performance(engine: sa.Engine, settings: Settings, as_of: date, mod
         sql += " WHERE model_version = :v"
         params["v"] = model_version
     days = sorted(pd.to_datetime(read_sql(engine, sql, params)["as_of_date"]).dt.date)
-    matured = [d for d in days if is_matured(d, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=as_of)]
+    matured = [d for d in days if is_matured(d, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=as_of, lead_days=settings.label_lead_days)]
     subs = load_subscriptions(engine) if matured else None
     rows = []
     for day in matured:
         scores = read_sql(engine, "SELECT account_id, p_churn FROM account_scores WHERE as_of_date = :d", {"d": datetime(day.year, day.month, day.day)})
-        labels = labels_as_of(subs, day, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=as_of)
+        labels = labels_as_of(subs, day, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=as_of, lead_days=settings.label_lead_days)
         joined = scores.merge(labels, on="account_id")
         if joined.empty:
             continue

@@ -63,9 +63,11 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
         horizon_days=settings.horizon_days,
         grace_days=settings.churn_grace_days,
         snapshots=settings.training_snapshots,
+        lead_days=settings.label_lead_days,
     )
     holdout = dates[-settings.holdout_snapshots :]
-    earlier = [d for d in dates[: -settings.holdout_snapshots] if d + timedelta(days=settings.horizon_days) <= holdout[0]]
+    gap = timedelta(days=settings.label_lead_days + settings.horizon_days)
+    earlier = [d for d in dates[: -settings.holdout_snapshots] if d + gap <= holdout[0]]
     if len(earlier) < 2:
         raise ValueError(
             f"only {len(dates)} matured monthly snapshots between {first} and {observed_until}: not enough for "
@@ -76,7 +78,8 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
     used = [*fit, calibration, *holdout]
     subs = load_subscriptions(engine)
     labels = label_snapshots(
-        subs, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until
+        subs, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until,
+        lead_days=settings.label_lead_days,
     )
     features = pd.concat([build_features(engine, d) for d in used], ignore_index=True)
     frame = features.merge(labels[["as_of_date", "account_id", "churned"]], on=["as_of_date", "account_id"], how="inner")
@@ -144,7 +147,9 @@ def holdout_metrics(model: ChurnModel, ts: TrainingSet, engine: sa.Engine, setti
         truth = read_sql(engine, "SELECT account_id, period_start, hazard FROM truth")
         oracle = pd.concat(
             [
-                hold[hold["as_of_date"].dt.date == d]["account_id"].map(oracle_probability(truth, d, settings.horizon_days)).fillna(0)
+                hold[hold["as_of_date"].dt.date == d]["account_id"].map(
+                    oracle_probability(truth, d + timedelta(days=settings.label_lead_days), settings.horizon_days)
+                ).fillna(0)
                 for d in ts.holdout_dates
             ]
         ).reindex(hold.index)
@@ -194,6 +199,7 @@ def evaluate_and_register(
         mlflow.log_params(
             {
                 "horizon_days": settings.horizon_days,
+                "label_lead_days": settings.label_lead_days,
                 "churn_grace_days": settings.churn_grace_days,
                 "data_start": str(first),
                 "observed_until": str(ts.observed_until),

@@ -62,3 +62,14 @@ def test_training_dates_are_monthly_matured_and_have_history() -> None:
     assert dates[0] == date(2025, 9, 1)  # first month start with 90 days of history
     assert dates[-1] == date(2026, 7, 1)  # 2026-07-01 + 120 days <= 2026-11-01
     assert all(d.day == 1 for d in dates)
+
+
+def test_lead_time_shifts_the_window_and_excludes_churn_too_soon_to_act_on() -> None:
+    kwargs = {"horizon_days": 90, "grace_days": 30, "observed_until": date(2026, 9, 1)}
+    plain = labels_as_of(BOOK, date(2025, 12, 1), **kwargs).set_index("account_id")
+    assert plain.loc["cancels", "churned"] == 1  # churns 2025-12-15
+    led = labels_as_of(BOOK, date(2025, 12, 1), lead_days=30, **kwargs).set_index("account_id")
+    assert "cancels" not in led.index  # churned inside the lead: excluded, not "retained"
+    assert led.loc["lapses", "churned"] == 1  # 2026-01-01 is inside [D + 30, D + 120)
+    with pytest.raises(ValueError, match="not matured"):
+        labels_as_of(BOOK, date(2026, 4, 1), lead_days=60, **kwargs)
