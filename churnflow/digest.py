@@ -52,8 +52,6 @@ import io
 import json
 import logging
 import math
-import smtplib
-import ssl
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +64,7 @@ from typing import TYPE_CHECKING, Literal
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow.mail import SmtpConfig, send_message, smtp_config
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
 from features.labels import labels_as_of
@@ -341,31 +340,6 @@ class Digest:
         if at_risk.change is not None:
             text += f" ({fmt_delta(at_risk.change, 'money', self.currency)} wow)"
         return text
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    """How to reach the mail relay. ``password`` is excluded from ``repr`` so it never lands in logs."""
-
-    host: str
-    port: int = 587
-    security: Literal["none", "starttls", "ssl"] = "starttls"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str = "churnflow@localhost"
-    recipients: tuple[str, ...] = ()
-    timeout_s: float = 30.0
-    ca_file: Path | None = None  # extra CA bundle for relays with a private CA; None = system store
-
-    def __post_init__(self) -> None:
-        if self.security not in ("none", "starttls", "ssl"):
-            raise ValueError(f"SmtpConfig.security must be 'none', 'starttls' or 'ssl', got {self.security!r}")
-        if isinstance(self.recipients, str):
-            object.__setattr__(self, "recipients", (self.recipients,))
-        else:
-            object.__setattr__(self, "recipients", tuple(self.recipients))
-        if not self.recipients:
-            raise ValueError("SmtpConfig.recipients is empty: nobody would receive the digest")
 
 
 # ----------------------------------------------------------------------------------------
@@ -1366,33 +1340,8 @@ def build_message(digest: Digest, config: SmtpConfig) -> EmailMessage:
 
 
 def send_digest(digest: Digest, config: SmtpConfig) -> None:
-    """Send the digest through SMTP (plain, STARTTLS or implicit TLS, optional login).
-
-    TLS always verifies the server certificate and host name (system store, or
-    ``config.ca_file``): a digest names accounts and revenue, so it must not go to an
-    impostor relay.
-    """
-    msg = build_message(digest, config)
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    if config.username and config.security == "none":
-        log.warning("SMTP login for %s over an unencrypted connection to %s", config.username, config.host)
-    log.info("sending digest for %s to %d recipient(s) via %s:%d (%s)",
-             digest.week_ending, len(config.recipients), config.host, config.port, config.security)
-    smtp: smtplib.SMTP
-    if config.security == "ssl":
-        smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout_s, context=context)
-    else:
-        smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout_s)
-    with smtp:
-        smtp.ehlo()
-        if config.security == "starttls":
-            smtp.starttls(context=context)
-            smtp.ehlo()
-        if config.username:
-            smtp.login(config.username, config.password or "")
-        refused = smtp.send_message(msg, from_addr=config.sender, to_addrs=list(config.recipients))
-    if refused:
-        log.warning("digest refused for %d recipient(s): %s", len(refused), sorted(refused))
+    """Mail the digest (text + HTML with inline charts) through the configured relay."""
+    send_message(build_message(digest, config), config)
 
 
 @dataclass(frozen=True)
@@ -1405,19 +1354,8 @@ class PublishedDigest:
 
 
 def smtp_config_from(settings: Settings) -> SmtpConfig | None:
-    """The SMTP config from settings, or None when no relay or no recipient is configured."""
-    if not settings.smtp_host or not settings.smtp_recipients:
-        return None
-    return SmtpConfig(
-        host=settings.smtp_host,
-        port=settings.smtp_port,
-        security=settings.smtp_security,
-        username=settings.smtp_username,
-        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-        sender=settings.smtp_sender,
-        recipients=tuple(settings.smtp_recipients),
-        ca_file=settings.smtp_ca_file,
-    )
+    """The SMTP config for the digest's recipients, or None when mail is not configured."""
+    return smtp_config(settings, settings.smtp_recipients)
 
 
 def publish_digest(engine: sa.Engine, settings: Settings, week_ending: date, *, send: bool = True) -> PublishedDigest:

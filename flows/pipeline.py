@@ -74,13 +74,12 @@ def train_flow(force: bool = False) -> dict[str, object]:
     """Retrain the churn model on matured snapshots and gate it against the champion.
 
     Args:
-        force: Retrain even if the champion was trained on exactly the data the warehouse holds now (e.g. after changing model settings).
+        force: Retrain even if the newest model version was trained on exactly the data and settings there are now (e.g. after a code change).
     """
     settings = Settings()
     logger = get_run_logger()
     due, why, champion = tasks.training_due(settings)
-    if not due and not force:
-        assert champion is not None
+    if not due and not force and champion is not None:
         logger.info("%s", why)
         create_markdown_artifact(key="train-summary", markdown=f"# Training skipped\n\n{why}", description="Champion kept, nothing retrained")
         return champion
@@ -130,7 +129,7 @@ def monitor_flow(as_of: date | None = None) -> dict[str, object]:
     )
     if report.breaches:
         tasks.alert(settings, f"[churnflow] {verdict} (as of {day})", "Breaches:\n" + "\n".join(report.breaches)
-                    + "\n\nRetrain: prefect deployment run 'train/train' --param force=true")
+                    + "\n\nRetrain: prefect deployment run 'train/train' (add --param force=true if no new data arrived since the champion)")
     get_run_logger().info("monitor %s: %s (%d checks, %d breaches)", day, verdict, len(report.rows), len(report.breaches))
     return {"as_of": str(day), "model_version": report.model_version, "needs_retraining": report.needs_retraining, "breaches": report.breaches}
 

@@ -51,32 +51,38 @@ def build_features(settings: Settings, as_of: date) -> pd.DataFrame:
 
 @task(name="check-training-due", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
 def training_due(settings: Settings) -> tuple[bool, str, dict[str, object] | None]:
-    """Is a retrain worth it? (due, why, the champion's summary when it is not).
+    """Is a retrain worth it? (due, why, the latest version's summary when it is not).
 
-    Not due only when the champion was trained on exactly the data the warehouse holds now
-    (same ``observed_until``) with the current feature set: retraining would reproduce it.
-    Setting changes (hyperparameters, horizon) are not detected: use ``force``.
+    Not due only when the newest registered version (champion or a refused challenger) was
+    trained on exactly the data the warehouse holds now (same ``observed_until``), with the
+    current feature set and the same logged training settings (LightGBM parameters,
+    horizon, grace): retraining would reproduce it, and reruns would pile up identical
+    versions. Anything else that changed (code, label logic) is not detected: use ``force``.
     """
-    from mlflow.exceptions import MlflowException
-
     from features.catalogue import FEATURE_SET_VERSION
     from features.labels import data_window
-    from models.registry import CHAMPION, configure_mlflow
+    from models.registry import configure_mlflow
 
     client = configure_mlflow(settings)
+    current = {k: str(v) for k, v in train_stage.lgb_params(settings).items() if k != "verbose"}
+    current.update(horizon_days=str(settings.horizon_days), churn_grace_days=str(settings.churn_grace_days))
     observed_until = str(data_window(get_engine(settings.warehouse))[1])
-    try:
-        version = client.get_model_version_by_alias(settings.model_name, CHAMPION)
-    except MlflowException:
-        return True, "no champion yet", None
+    versions = client.search_model_versions(f"name = '{settings.model_name}'")
+    if not versions:
+        return True, "no model trained yet", None
+    version = max(versions, key=lambda v: int(v.version))
     run = client.get_run(version.run_id)
     params = run.data.params
     if params.get("observed_until") != observed_until:
-        return True, f"new data: champion v{version.version} observed until {params.get('observed_until')}, warehouse until {observed_until}", None
+        return True, f"new data: v{version.version} observed until {params.get('observed_until')}, warehouse until {observed_until}", None
     if params.get("feature_set_version") != FEATURE_SET_VERSION:
-        return True, f"feature set changed: champion v{version.version} has {params.get('feature_set_version')}, code has {FEATURE_SET_VERSION}", None
+        return True, f"feature set changed: v{version.version} has {params.get('feature_set_version')}, code has {FEATURE_SET_VERSION}", None
+    changed = sorted(k for k, v in current.items() if k in params and params[k] != v)
+    if changed:
+        return True, f"training settings changed since v{version.version}: {', '.join(changed)}", None
     metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
-    reason = f"skipped: champion v{version.version} was trained on the same data (observed until {observed_until}); pass force=true to retrain"
+    aliases = ", ".join(version.aliases) if getattr(version, "aliases", None) else "no alias"
+    reason = f"skipped: v{version.version} ({aliases}) was trained on the same data (observed until {observed_until}) and settings; pass force=true to retrain"
     return False, reason, {"run_id": version.run_id, "model_version": str(version.version), "promoted": False, "reason": reason, **metrics}
 
 

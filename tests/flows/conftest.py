@@ -77,12 +77,12 @@ def receivers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     smtp = Controller(Mailbox(), hostname="127.0.0.1", port=smtp_port, authenticator=authenticator, auth_require_tls=False)
     smtp.start()
     monkeypatch.setenv("CHURNFLOW_NOTIFY_WEBHOOK_URL", f"http://127.0.0.1:{http.server_address[1]}/hooks/{WEBHOOK_SECRET}")
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_SMTP_PORT", str(smtp_port))
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_SMTP_STARTTLS", "false")
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_SMTP_USERNAME", "ops")
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_SMTP_PASSWORD", SMTP_PASSWORD)
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_SMTP_TO", "oncall@example.com, cs-lead@example.com")
+    monkeypatch.setenv("CHURNFLOW_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("CHURNFLOW_SMTP_PORT", str(smtp_port))
+    monkeypatch.setenv("CHURNFLOW_SMTP_SECURITY", "none")
+    monkeypatch.setenv("CHURNFLOW_SMTP_USERNAME", "ops")
+    monkeypatch.setenv("CHURNFLOW_SMTP_PASSWORD", SMTP_PASSWORD)
+    monkeypatch.setenv("CHURNFLOW_NOTIFY_RECIPIENTS", '["oncall@example.com", "cs-lead@example.com"]')
     try:
         yield got
     finally:
