@@ -289,6 +289,19 @@ def bench_explain_cmd(rows: Annotated[int, typer.Option(help="Distinct feature r
     console.print_json(json.dumps(bench_explain(_engine(settings), settings, rows)))
 
 
+@bench_app.command("features")
+def bench_features_cmd(
+    accounts: Annotated[int, typer.Option(help="Accounts in the generated book.")] = 20000,
+    days: Annotated[int, typer.Option(help="Days of history (365 + 90 covers a year of snapshots).")] = 455,
+    postgres_url: Annotated[Optional[str], typer.Option("--postgres-url", help="Run on PostgreSQL (a throwaway schema) instead of DuckDB.")] = None,
+) -> None:
+    """Time a full build of 12 monthly snapshots and one incremental day (seconds, rows/s, peak memory)."""
+    from features.bench import bench_features
+
+    settings = _settings()
+    console.print_json(json.dumps(bench_features(settings.home_dir / "bench", accounts=accounts, days=days, postgres_url=postgres_url)))
+
+
 @app.command("crm-server")
 def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (default: settings.local_crm_port).")] = None) -> None:
     """Run the local Salesforce-compatible server in the foreground, on the demo's CRM state."""
