@@ -149,7 +149,7 @@ def alert(settings: Settings, subject: str, body: str) -> list[str]:
 def write_digest(settings: Settings, week_ending: date | None) -> tuple[str, str]:
     engine = get_engine(settings.warehouse)
     week_ending = week_ending or feature_stage.default_as_of(engine)
-    digest = digest_stage.build_digest(engine, week_ending)
-    path = digest_stage.write_digest(digest, settings.digests)
-    get_run_logger().info("digest for week ending %s written to %s", week_ending, path)
-    return str(path), digest_stage.render_markdown(digest)
+    published = digest_stage.publish_digest(engine, settings, week_ending)
+    mailed = f", e-mailed to {len(published.emailed_to)} recipient(s)" if published.emailed_to else ""
+    get_run_logger().info("digest for week ending %s written to %s%s", week_ending, published.path, mailed)
+    return str(published.path), published.markdown
