@@ -76,8 +76,10 @@ class Columns:
 
     @classmethod
     def of(cls, X: np.ndarray) -> "Columns":
-        isnan = np.isnan(X)
-        return cls(X, isnan, np.where(isnan, 0.0, X))
+        # Column-major, so each split reads one contiguous column.
+        raw = np.asfortranarray(X)
+        isnan = np.isnan(raw)
+        return cls(raw, np.asfortranarray(isnan), np.asfortranarray(np.where(isnan, 0.0, raw)))
 
 
 def goes_left(split: Split, cols: Columns) -> np.ndarray:
