@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 from churnflow.cli import app
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
+from tests.helpers import free_port
 
 runner = CliRunner()
 
@@ -25,10 +25,6 @@ class MailSink:
         return "250 OK"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def invoke(*args: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +20,6 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,7 +4,6 @@ spoken to by simple-salesforce over HTTPS."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -15,14 +14,11 @@ from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
 from crm_sync.client import connect, local_crm
 from features.build import build_features
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_demo_flow_runs_the_whole_pipeline(prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

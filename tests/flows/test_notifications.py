@@ -8,7 +8,8 @@ import email.policy
 
 import pytest
 
-from tests.flows.conftest import SMTP_PASSWORD, WEBHOOK_SECRET, Receiver, free_port
+from tests.flows.conftest import SMTP_PASSWORD, WEBHOOK_SECRET, Receiver
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 

@@ -27,7 +27,8 @@ import psutil
 import pytest
 import requests
 
-from tests.flows.conftest import Receiver, free_port
+from tests.flows.conftest import Receiver
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-real")]
 
