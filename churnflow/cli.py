@@ -213,12 +213,34 @@ def outreach_cmd(as_of: AsOf = None) -> None:
 def sync_cmd(
     as_of: AsOf = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send only the records the ledger holds as failed.")] = False,
+    reconcile: Annotated[bool, typer.Option("--reconcile", help="Compare the CRM with what churnflow intended; write nothing.")] = False,
 ) -> None:
     """Push account health fields and pending tasks to the CRM."""
     from crm_sync.sync import sync_crm
 
+    if sum((dry_run, retry_failed, reconcile)) > 1:
+        raise typer.BadParameter("use only one of --dry-run, --retry-failed, --reconcile")
     settings = _settings()
-    summary = sync_crm(_engine(settings), settings, _as_of(settings, as_of), dry_run=dry_run)
+    engine, day = _engine(settings), _as_of(settings, as_of)
+    if retry_failed:
+        from crm_sync.ops import retry_failed as retry_failed_records
+
+        console.print(retry_failed_records(engine, settings, day).describe(), markup=False)
+        return
+    if reconcile:
+        from crm_sync.ops import reconcile as reconcile_crm
+
+        differences = reconcile_crm(engine, settings, day)
+        for difference in differences:
+            console.print(difference.describe(), markup=False)
+        console.print(f"reconcile as of {day:%Y-%m-%d}: {len(differences)} difference(s)", markup=False)
+        return
+    summary = sync_crm(engine, settings, day, dry_run=dry_run)
+    for change in summary.changes[:200]:
+        console.print(change.describe(), markup=False)
+    if len(summary.changes) > 200:
+        console.print(f"... and {len(summary.changes) - 200} more field change(s)", markup=False)
     console.print(summary.describe())
 
 
@@ -300,6 +322,20 @@ def bench_features_cmd(
 
     settings = _settings()
     console.print_json(json.dumps(bench_features(settings.home_dir / "bench", accounts=accounts, days=days, postgres_url=postgres_url)))
+
+
+@bench_app.command("crm")
+def bench_crm_cmd(
+    accounts: Annotated[int, typer.Option(help="Changed accounts to push (Accounts are seeded first, not counted).")] = 100000,
+    tasks: Annotated[int, typer.Option(help="New tasks to push.")] = 10000,
+) -> None:
+    """Push accounts and tasks to a fresh local CRM twice: API calls (total, by endpoint) and wall seconds."""
+    from crm_sync.bench import bench_crm
+
+    settings = _settings()
+    workdir = settings.home_dir / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.print_json(json.dumps(bench_crm(accounts, tasks, workdir=workdir)))
 
 
 @app.command("crm-server")

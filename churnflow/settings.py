@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     smtp_recipients: list[str] = Field(default_factory=list, description="Digest recipients (JSON list in env, e.g. '[\"ceo@x.com\"]').")
     smtp_ca_file: Path | None = Field(None, description="CA bundle for an SMTP relay with a private CA.")
 
+    # -- scale-out ---------------------------------------------------------------------
+    task_runner: Literal["thread", "dask"] = Field("thread", description="Task runner for the daily flow's scoring partitions: 'thread' (Prefect's ThreadPoolTaskRunner) or 'dask' (prefect-dask's DaskTaskRunner).")
+    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster (e.g. tcp://scheduler:8786) for task_runner='dask'. Unset: a temporary local cluster per run.")
+    dask_workers: int = Field(2, ge=1, description="Workers of the temporary local Dask cluster (when dask_address is unset).")
+    score_partitions: int = Field(4, ge=1, description="The daily flow scores accounts in this many stable-hash partitions, as concurrent tasks.")
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "Settings":
         if self.yellow_threshold >= self.red_threshold:

@@ -21,9 +21,10 @@ from simple_salesforce import Salesforce
 
 from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
-from crm_sync.ledger import Ledger, payload_hash
+from crm_sync.ledger import Ledger
 from crm_sync.local_server import LocalSalesforce
-from crm_sync.push import DEFAULT_RETRY, PushSummary, account_health_updates, in_clause_queries, push_account_health, push_tasks, query_all
+from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, PushSummary, RetryPolicy, in_clause_queries, push_account_health,
+                           push_tasks, query_all)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,17 @@ class SyncSummary:
     tasks: PushSummary | None = None
     planned: dict[str, int] = field(default_factory=dict)
     statuses_changed: int = 0
+    changes: list[Any] = field(default_factory=list)  # dry run: crm_sync.ops.PlannedChange
+    api_estimate: dict[str, int] = field(default_factory=dict)  # dry run: calls the push would take
 
     def describe(self) -> str:
         if self.dry_run:
-            return (f"dry run as of {self.as_of}: would write health fields on {self.planned.get('accounts', 0)} accounts "
+            text = (f"dry run as of {self.as_of}: would write health fields on {self.planned.get('accounts', 0)} accounts "
                     f"and push {self.planned.get('tasks', 0)} pending tasks")
+            if self.api_estimate:
+                text += f" in about {self.api_estimate.get('total', 0)} API calls (" + ", ".join(
+                    f"{k}: {v}" for k, v in self.api_estimate.items() if k != "total") + ")"
+            return text
         parts = [s.describe() for s in (self.accounts, self.tasks) if s is not None]
         if self.statuses_changed:
             parts.append(f"{self.statuses_changed} task status(es) read back")
@@ -104,7 +111,8 @@ def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesfo
     return len(records)
 
 
-def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True) -> SyncSummary:
+def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True,
+             retry: RetryPolicy | None = None, bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25) -> SyncSummary:
     """Push the day's health fields and all pending tasks; store the Task Ids returned.
 
     The intent ledger (table ``crm_sync_ledger``) makes the push a delta (unchanged
@@ -116,11 +124,13 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
     tasks = load_pending_tasks(engine)
     summary = SyncSummary(as_of=as_of, dry_run=dry_run, planned={"accounts": len(health), "tasks": len(tasks)})
     if dry_run:  # read-only: not even the ledger table is created
+        from crm_sync.ops import estimate_api_calls, plan_changes
+
         ledger = Ledger.existing(engine) if use_ledger else None
-        if ledger is not None and len(health):
-            updates = account_health_updates(health, PushSummary(kind="account_health"))
-            same = ledger.unchanged("account_health", {k: payload_hash(v) for k, v in updates.items()})
-            summary.planned["accounts"] = len(updates) - len(same)
+        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger)
+        summary.planned["accounts"] = n_accounts
+        emails = {str(e).strip().lower() for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()}
+        summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold)
         log.info("%s", summary.describe())
         return summary
     ledger = Ledger(engine) if use_ledger else None
@@ -134,16 +144,18 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
             except (requests.RequestException, ValueError) as exc:
                 log.warning("could not mirror warehouse accounts into the local CRM: %s", exc)
         if len(health):
-            summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger)
+            summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
+                                                   retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval)
         if len(tasks):
-            summary.tasks = push_tasks(sf, tasks, ledger=ledger)
+            summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
+                                       poll_interval=poll_interval)
             record_task_ids(engine, summary.tasks.ids)
-        summary.statuses_changed = refresh_task_status(engine, sf)
+        summary.statuses_changed = refresh_task_status(engine, sf, retry or DEFAULT_RETRY)
     log.info("crm sync %s", summary.describe())
     return summary
 
 
-def refresh_task_status(engine: sa.Engine, sf: Salesforce) -> int:
+def refresh_task_status(engine: sa.Engine, sf: Salesforce, policy: RetryPolicy = DEFAULT_RETRY) -> int:
     """Read the status of churnflow's open tasks back from the CRM into ``outreach_tasks``.
 
     CS teams complete tasks in Salesforce; cooldowns, the open-task cap and the digest's
@@ -159,7 +171,7 @@ def refresh_task_status(engine: sa.Engine, sf: Salesforce) -> int:
         return 0
     current: dict[str, str] = {}
     for soql in in_clause_queries(sf, "SELECT Id, Status FROM Task", "Id", ours["crm_task_id"].tolist()):
-        for record in query_all(sf, soql, DEFAULT_RETRY):
+        for record in query_all(sf, soql, policy):
             current[record["Id"]] = record["Status"]
     known = dict(zip(ours["crm_task_id"], ours["status"], strict=True))
     changed = [{"status": status, "task_id": task_id} for task_id, status in current.items() if known.get(task_id) != status]

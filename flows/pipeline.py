@@ -20,6 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from churnflow.settings import Settings
 from flows import tasks
 from flows.notify import FAILURE_HOOKS
+from models import score as score_stage
 
 
 def _top_risk_table(scores: pd.DataFrame, rows: int = 15) -> list[dict[str, object]]:
@@ -34,23 +35,48 @@ def _top_risk_table(scores: pd.DataFrame, rows: int = 15) -> list[dict[str, obje
     ]
 
 
+def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, accounts: list[str] | None = None) -> pd.DataFrame:
+    """Score ``features`` in ``settings.score_partitions`` stable-hash partitions as concurrent
+    tasks on the configured task runner (threads, or Dask), then store them once.
+
+    The partition tasks only compute; the model, previous health and overrides are read
+    once before and the rows are written once after, by the flow's process. Returns the
+    scores in the features' order (the same rows a sequential ``score_accounts`` gives).
+    """
+    inputs = tasks.prepare_scoring(settings, day)
+    parts = score_stage.split_partitions(features, settings.score_partitions)
+    with tasks.task_runner(settings) as runner:
+        futures = [
+            runner.submit(tasks.score_partition, parameters={"settings": settings, "as_of": day, "features": part, "inputs": inputs})
+            for part in parts
+        ]
+        results = [future.result() for future in futures]
+    scores = score_stage.merge_partitions(results, features["account_id"])
+    tasks.store_scores(settings, day, scores, accounts)
+    return scores
+
+
 @flow(name="daily", log_prints=False, **FAILURE_HOOKS)
-def daily_flow(as_of: date | None = None, dry_run: bool = False) -> dict[str, object]:
-    """Score every active account as of a date and act on it.
+def daily_flow(as_of: date | None = None, dry_run: bool = False, accounts: list[str] | None = None) -> dict[str, object]:
+    """Score the active accounts as of a date and act on it.
 
     Args:
         as_of: Day to score (features use only data before it). Empty: today, or the day after the newest data.
         dry_run: Show what the CRM push would change without writing to the CRM.
+        accounts: Score and act on only these account ids (e.g. ["A00042"]); their rows of the day are replaced, other accounts' rows are left as they were. Unset: every active account.
     """
     settings = Settings()
     day = tasks.resolve_as_of(settings, as_of)
     features = tasks.build_features(settings, day)
-    scores = tasks.score_accounts(settings, day, features)
+    if accounts is not None:
+        features = features[features["account_id"].astype(str).isin({str(a) for a in accounts})].reset_index(drop=True)
+    scores = score_in_partitions(settings, day, features, accounts)
     new_tasks = tasks.decide_outreach(settings, day, scores, features)
     sync = tasks.sync_crm(settings, day, dry_run)
     bands = scores["band"].value_counts().to_dict()
     summary = {
         "as_of": str(day), "accounts_scored": len(scores), "bands": bands,
+        "accounts_requested": "all" if accounts is None else len(accounts),
         "arr_at_risk": round(float(scores["arr_at_risk"].sum()), 2),
         "tasks_created": int((~new_tasks["held_out"]).sum()) if len(new_tasks) else 0,
         "tasks_held_out": int(new_tasks["held_out"].sum()) if len(new_tasks) else 0,
@@ -176,7 +202,7 @@ def backfill_flow(start: date, end: date, every_days: int = 7, score: bool = Tru
 
 @flow(name="demo", **FAILURE_HOOKS)
 def demo_flow(accounts: int = 1500, days: int = 540, seed: int = 42) -> dict[str, object]:
-    """Generate a demo book and run train, daily and digest once, end to end.
+    """Generate a demo book and run train, backfill, daily, monitor and digest once, end to end.
 
     Args:
         accounts: Number of demo accounts to generate.
@@ -187,8 +213,12 @@ def demo_flow(accounts: int = 1500, days: int = 540, seed: int = 42) -> dict[str
     counts = tasks.generate_demo_book(settings, accounts, days, seed)
     trained = train_flow(force=True)  # a new book: always retrain
     as_of = tasks.resolve_as_of(settings, None)
-    # Twelve weeks of score history first, so trends, movers and the digest have a past.
+    # Twelve weeks of score history first, so trends, movers and the digest have a past, and
+    # one day old enough for its outcomes to be known, so monitoring can measure realized AUC.
+    matured = as_of - timedelta(days=settings.horizon_days + settings.churn_grace_days + settings.label_lead_days)
+    backfill_flow(matured, matured, every_days=1, score=True)
     backfill = backfill_flow(as_of - timedelta(days=84), as_of - timedelta(days=7), every_days=7, score=True)
     daily = daily_flow(as_of)
+    monitored = monitor_flow(as_of)
     digest_path = digest_flow()
-    return {"book": counts, "train": trained, "backfill": backfill, "daily": daily, "digest": digest_path}
+    return {"book": counts, "train": trained, "backfill": backfill, "daily": daily, "monitor": monitored, "digest": digest_path}

@@ -12,11 +12,14 @@ are computed once and passed on in memory. See docs/operations.md, "Retries and 
 
 from __future__ import annotations
 
-from datetime import date
+import copy
+from dataclasses import dataclass
+from datetime import date, datetime
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from churnflow import demo_data, digest as digest_stage, outreach
 from churnflow.settings import Settings
@@ -24,6 +27,7 @@ from churnflow.warehouse import get_engine
 from crm_sync import sync as crm_stage
 from features import build as feature_stage
 from models import monitor as monitor_stage, score as score_stage, train as train_stage
+from models.registry import LoadedModel, load_model
 
 WAREHOUSE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30]}
 CRM_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}
@@ -105,10 +109,73 @@ def train_model(settings: Settings) -> train_stage.TrainResult:
 
 
 @task(name="score-accounts", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
-def score_accounts(settings: Settings, as_of: date, features: pd.DataFrame) -> pd.DataFrame:
-    scores = score_stage.score_accounts(get_engine(settings.warehouse), settings, as_of, features=features)
+def score_accounts(settings: Settings, as_of: date, features: pd.DataFrame, accounts: list[str] | None = None) -> pd.DataFrame:
+    scores = score_stage.score_accounts(get_engine(settings.warehouse), settings, as_of, features=features, accounts=accounts)
     get_run_logger().info("scored %d accounts: %s", len(scores), scores["band"].value_counts().to_dict())
     return scores
+
+
+@dataclass
+class ScoringInputs:
+    """What every scoring partition shares: one model version, the stored health 7 and 30
+    days back, the active band overrides and one scored_at stamp. Read once by the flow so
+    partition tasks are pure (they need no warehouse access, e.g. on remote Dask workers)."""
+
+    loaded: LoadedModel
+    previous_health: dict[int, pd.Series]
+    overrides: pd.DataFrame
+    scored_at: pd.Timestamp
+
+
+@task(name="prepare-scoring", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def prepare_scoring(settings: Settings, as_of: date) -> ScoringInputs:
+    engine = get_engine(settings.warehouse)
+    loaded = load_model(settings)
+    get_run_logger().info("scoring with %s v%s", loaded.name, loaded.version)
+    return ScoringInputs(
+        loaded=loaded, previous_health=score_stage.previous_health(engine, as_of), overrides=score_stage.active_overrides(engine, as_of),
+        scored_at=pd.Timestamp(datetime.now().replace(microsecond=0)),
+    )
+
+
+@task(name="score-partition", cache_policy=NO_CACHE)
+def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs) -> pd.DataFrame:
+    """Compute (not store) the scores of one partition of the accounts: pure, no warehouse access.
+
+    Each partition works on its own copy of the model: a LightGBM Booster is not safe for
+    concurrent predictions with different iteration ranges (TreeSHAP predicts tree by
+    tree), so partitions sharing one Booster in threads would corrupt each other's values.
+    """
+    loaded = copy.deepcopy(inputs.loaded)
+    scores = score_stage.compute_scores(
+        None, settings, as_of, features, loaded, inputs.previous_health, overrides=inputs.overrides, scored_at=inputs.scored_at
+    )
+    get_run_logger().info("partition scored: %d accounts", len(scores))
+    return scores
+
+
+@task(name="store-scores", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def store_scores(settings: Settings, as_of: date, scores: pd.DataFrame, accounts: list[str] | None = None) -> int:
+    stored = score_stage.store_scores(get_engine(settings.warehouse), scores, as_of, accounts=accounts)
+    score_stage.log_scores(scores, as_of)
+    get_run_logger().info("stored %d scores as of %s (%s)", stored, as_of, "every account" if accounts is None else f"{len(accounts)} requested accounts")
+    return stored
+
+
+def task_runner(settings: Settings) -> TaskRunner:
+    """The task runner for scoring partitions, from the settings (a fresh, unstarted one).
+
+    ``thread``: Prefect's ThreadPoolTaskRunner with one thread per partition. ``dask``:
+    prefect-dask's DaskTaskRunner on the cluster at ``dask_address`` or, unset, on a
+    temporary local cluster of ``dask_workers`` worker processes.
+    """
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": 1, "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=settings.score_partitions)
 
 
 @task(name="decide-outreach", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)

@@ -1,11 +1,15 @@
 """Scoring: champion model -> p_churn, health score, band, trend, ARR at risk, drivers.
 
 Scores are appended to the ``account_scores`` history; re-scoring a day replaces that
-day's rows and never touches other days.
+day's rows and never touches other days. Re-scoring a subset of accounts replaces only
+their rows. Computing (:func:`compute_scores`, pure) and storing (:func:`store_scores`)
+are separate so the flow can score stable-hash partitions (:func:`partition_of`)
+concurrently and store once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import date, datetime, timedelta
 
@@ -15,7 +19,7 @@ import sqlalchemy as sa
 
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES
 from churnflow.settings import Settings
-from churnflow.warehouse import read_sql, replace_rows, table_exists
+from churnflow.warehouse import _insert_frame, ensure_table, read_sql, replace_rows, table_exists
 from features.build import FEATURE_TABLE, build_features
 from models.explain import contributions, drivers, family_scores
 from models.registry import LoadedModel, load_model
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 
 SCORES_TABLE = ACCOUNT_SCORES.name
 BANDS = ("green", "yellow", "red")
+TREND_DAYS = (7, 30)
+DELETE_BATCH = 500  # account ids per DELETE ... IN (...) statement
 
 
 def health_score(p_churn: np.ndarray) -> np.ndarray:
@@ -45,11 +51,23 @@ def load_features(engine: sa.Engine, as_of: date) -> pd.DataFrame:
     return build_features(engine, as_of)
 
 
+TREND_TOLERANCE_DAYS = 6
+
+
 def _previous_health(engine: sa.Engine, as_of: date, days: int) -> pd.Series:
+    """Health ``days`` before ``as_of``: from that day's scores, or, when that day was not
+    scored (weekly scoring, a missed run), from the latest scored day up to six days earlier."""
     if not table_exists(engine, SCORES_TABLE):
         return pd.Series(dtype=float)
     then = datetime.combine(as_of - timedelta(days=days), datetime.min.time())
-    prev = read_sql(engine, f"SELECT account_id, health_score FROM {SCORES_TABLE} WHERE as_of_date = :d", {"d": then})
+    day = read_sql(
+        engine,
+        f"SELECT MAX(as_of_date) AS d FROM {SCORES_TABLE} WHERE as_of_date <= :then AND as_of_date >= :earliest",
+        {"then": then, "earliest": then - timedelta(days=TREND_TOLERANCE_DAYS)},
+    ).loc[0, "d"]
+    if day is None or pd.isna(day):
+        return pd.Series(dtype=float)
+    prev = read_sql(engine, f"SELECT account_id, health_score FROM {SCORES_TABLE} WHERE as_of_date = :d", {"d": pd.Timestamp(day).to_pydatetime()})
     return prev.set_index("account_id")["health_score"].astype(float)
 
 
@@ -91,14 +109,58 @@ def set_override(engine: sa.Engine, account_id: str, band: str, *, reason: str, 
     replace_rows(engine, BAND_OVERRIDES.name, row)
 
 
-def score_accounts(
-    engine: sa.Engine, settings: Settings, as_of: date, *, features: pd.DataFrame | None = None, loaded: LoadedModel | None = None
+def partition_of(account_id: str, partitions: int) -> int:
+    """Stable partition of an account: sha256 of its id modulo ``partitions``.
+
+    The same on every machine, process and run (unlike Python's salted ``hash()``).
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    digest = hashlib.sha256(str(account_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
+
+
+def split_partitions(features: pd.DataFrame, partitions: int) -> list[pd.DataFrame]:
+    """The feature rows split by :func:`partition_of`; empty partitions are left out."""
+    if not len(features):
+        return []
+    keys = features["account_id"].map(lambda a: partition_of(a, partitions))
+    return [features[keys == k].reset_index(drop=True) for k in range(partitions) if (keys == k).any()]
+
+
+def previous_health(engine: sa.Engine, as_of: date) -> dict[int, pd.Series]:
+    """Stored health scores 7 and 30 days before ``as_of`` (for the trend columns)."""
+    return {days: _previous_health(engine, as_of, days) for days in TREND_DAYS}
+
+
+def compute_scores(
+    engine: sa.Engine | None,
+    settings: Settings,
+    as_of: date,
+    features: pd.DataFrame,
+    loaded: LoadedModel,
+    previous_health: dict[int, pd.Series] | None = None,
+    *,
+    overrides: pd.DataFrame | None = None,
+    scored_at: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
-    """Score and explain every active account as of ``as_of`` and store the rows."""
-    loaded = loaded or load_model(settings)
-    features = load_features(engine, as_of) if features is None else features
+    """Score and explain the given feature rows. Pure: reads (only when ``engine`` is given
+    and ``previous_health`` / ``overrides`` are not), never writes.
+
+    Each row depends only on its own features, the model, its own previous health and its
+    own override, so scoring any partition of the accounts gives the same rows as scoring
+    all of them at once. Pass ``engine=None`` with ``previous_health`` and ``overrides``
+    (e.g. on a remote worker without warehouse access).
+    """
+    features = features.reset_index(drop=True)
+    if previous_health is None:
+        previous_health = _previous_health_or_empty(engine, as_of)
+    if overrides is None:
+        overrides = active_overrides(engine, as_of) if engine is not None else pd.DataFrame(columns=BAND_OVERRIDES.column_names)
+    if not len(features):
+        return pd.DataFrame(columns=ACCOUNT_SCORES.column_names)
     model = loaded.model
-    p = model.predict_proba(features) if len(features) else np.empty(0)
+    p = model.predict_proba(features)
     shap_values = contributions(model, features, settings.explain_chunk_rows)
     explained = drivers(model, features, shap_values, settings.top_drivers)
     scores = pd.DataFrame(
@@ -112,16 +174,85 @@ def score_accounts(
         }
     )
     scores["arr_at_risk"] = scores["p_churn"] * scores["arr"]
-    for days in (7, 30):
-        prev = _previous_health(engine, as_of, days)
-        scores[f"health_change_{days}d"] = scores["health_score"] - scores["account_id"].map(prev)
+    for days in TREND_DAYS:
+        prev = previous_health.get(days, pd.Series(dtype=float))
+        scores[f"health_change_{days}d"] = scores["health_score"] - scores["account_id"].map(prev).astype(float)
     scores = pd.concat([scores, explained.reset_index(drop=True), family_scores(model, shap_values)], axis=1)
-    scores = apply_overrides(scores, active_overrides(engine, as_of))
+    scores = apply_overrides(scores, overrides)
     scores["model_name"] = loaded.name
     scores["model_version"] = loaded.version
-    scores["scored_at"] = pd.Timestamp(datetime.now().replace(microsecond=0))
-    scores = scores[ACCOUNT_SCORES.column_names]
-    replace_rows(engine, SCORES_TABLE, scores, where={"as_of_date": datetime(as_of.year, as_of.month, as_of.day)})
+    scores["scored_at"] = scored_at if scored_at is not None else pd.Timestamp(datetime.now().replace(microsecond=0))
+    return scores[ACCOUNT_SCORES.column_names]
+
+
+def _previous_health_or_empty(engine: sa.Engine | None, as_of: date) -> dict[int, pd.Series]:
+    return previous_health(engine, as_of) if engine is not None else {}
+
+
+def merge_partitions(parts: list[pd.DataFrame], account_order: pd.Series | None = None) -> pd.DataFrame:
+    """Concatenate partition scores, in ``account_order`` (e.g. the features' order) when given."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=ACCOUNT_SCORES.column_names)
+    scores = pd.concat(parts, ignore_index=True)
+    if account_order is not None:
+        rank = pd.Series(np.arange(len(account_order)), index=pd.Index(account_order))
+        scores = scores.iloc[np.argsort(scores["account_id"].map(rank).to_numpy(), kind="stable")].reset_index(drop=True)
+    return scores
+
+
+def store_scores(engine: sa.Engine, scores: pd.DataFrame, as_of: date, *, accounts: list[str] | None = None) -> int:
+    """Replace the day's stored rows by ``scores``, in one transaction.
+
+    ``accounts=None`` replaces every row of the day. With ``accounts``, only the rows of
+    those accounts (and of any account in ``scores``) are deleted, by bound parameters in
+    batches; other accounts' rows of the day stay as they were. Returns rows inserted.
+    """
+    day = datetime(as_of.year, as_of.month, as_of.day)
+    if accounts is None:
+        return replace_rows(engine, SCORES_TABLE, scores, where={"as_of_date": day})
+    ids = sorted({str(a) for a in accounts} | {str(a) for a in scores["account_id"]})
+    created = ensure_table(engine, SCORES_TABLE, scores)
+    table = sa.table(SCORES_TABLE, *[sa.column(c) for c in created.columns.keys()])
+    delete = sa.text(f"DELETE FROM {SCORES_TABLE} WHERE as_of_date = :d AND account_id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
+    with engine.begin() as conn:
+        for start in range(0, len(ids), DELETE_BATCH):
+            conn.execute(delete, {"d": day, "ids": ids[start : start + DELETE_BATCH]})
+        if len(scores):
+            _insert_frame(conn, table, scores)
+    return len(scores)
+
+
+def log_scores(scores: pd.DataFrame, as_of: date) -> None:
     counts = scores["band"].value_counts().to_dict()
-    log.info("scored %d accounts as of %s with %s v%s: %s (%d overridden)", len(scores), as_of, loaded.name, loaded.version, counts, int(scores["band_override_reason"].notna().sum()))
+    version = f"{scores['model_name'].iloc[0]} v{scores['model_version'].iloc[0]}" if len(scores) else "no model output"
+    log.info("scored %d accounts as of %s with %s: %s (%d overridden)", len(scores), as_of, version, counts, int(scores["band_override_reason"].notna().sum()))
+
+
+def score_accounts(
+    engine: sa.Engine,
+    settings: Settings,
+    as_of: date,
+    *,
+    features: pd.DataFrame | None = None,
+    loaded: LoadedModel | None = None,
+    accounts: list[str] | None = None,
+) -> pd.DataFrame:
+    """Score and explain the active accounts as of ``as_of`` and store the rows.
+
+    Every active account by default (the day's rows are replaced). With ``accounts``, only
+    those accounts are scored and only their rows of the day are replaced; the other
+    accounts' stored rows are left untouched.
+    """
+    loaded = loaded or load_model(settings)
+    features = load_features(engine, as_of) if features is None else features
+    if accounts is not None:
+        wanted = {str(a) for a in accounts}
+        features = features[features["account_id"].astype(str).isin(wanted)]
+        missing = len(wanted) - len(features)
+        if missing:
+            log.info("%d of the %d requested accounts have no features as of %s (not active): nothing to score", missing, len(wanted), as_of)
+    scores = compute_scores(engine, settings, as_of, features, loaded)
+    store_scores(engine, scores, as_of, accounts=accounts)
+    log_scores(scores, as_of)
     return scores

@@ -217,7 +217,7 @@ def test_deployments_have_schedules_schema_and_limits(real_prefect: RealPrefect)
                     assert spec.get("description"), f"{name}: parameter {param} has no description"
             params = {name: set(dep.parameter_openapi_schema["properties"]) for name, dep in deployments.items()}
             assert params == {
-                "daily/daily": {"as_of", "dry_run"}, "train/train": {"force"}, "monitor/monitor": {"as_of"},
+                "daily/daily": {"as_of", "dry_run", "accounts"}, "train/train": {"force"}, "monitor/monitor": {"as_of"},
                 "digest/digest": {"week_ending"}, "backfill/backfill": {"start", "end", "every_days", "score"},
             }
             assert set(deployments["backfill/backfill"].parameter_openapi_schema.get("required", [])) == {"start", "end"}

@@ -120,3 +120,11 @@ def test_scoring_writes_history_and_replaces_the_same_day(trained_home: Settings
     # A week later the trend is filled from the history.
     later = score_accounts(engine, settings, date(2026, 10, 8))
     assert later["health_change_7d"].notna().mean() > 0.9
+    # Weekly scoring: 30 days before 2026-11-02 (2026-10-03) was not scored; the latest scored
+    # day up to six days earlier (2026-10-01) stands in; nothing older than that does.
+    november = score_accounts(engine, settings, date(2026, 11, 2)).set_index("account_id")
+    assert november["health_change_30d"].notna().mean() > 0.9
+    stored_oct1 = read_sql(engine, "SELECT account_id, health_score FROM account_scores WHERE as_of_date = :d", {"d": pd.Timestamp("2026-10-01").to_pydatetime()}).set_index("account_id")["health_score"]
+    common = november.index.intersection(stored_oct1.index)
+    np.testing.assert_array_equal(november.loc[common, "health_change_30d"], november.loc[common, "health_score"] - stored_oct1[common])
+    assert score_accounts(engine, settings, date(2026, 11, 20))["health_change_30d"].isna().all()  # 10-21..10-15: none scored

@@ -1,0 +1,64 @@
+"""The CLI flags: sync --dry-run / --retry-failed / --reconcile, and bench crm."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import date
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from churnflow.cli import app
+from churnflow.settings import Settings
+from churnflow.warehouse import get_engine
+from crm_sync.client import connect, local_crm
+
+from .test_crm_ledger_sync import _warehouse
+
+runner = CliRunner()
+AS_OF = date(2026, 11, 20)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CHURNFLOW_CRM", "local")
+    monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(_free_port()))
+    (tmp_path / "home").mkdir()
+    engine = get_engine(f"duckdb:///{tmp_path / 'home' / 'warehouse.duckdb'}")
+    accounts, _ = _warehouse(engine, AS_OF)
+    engine.dispose()
+    settings = Settings()
+    with local_crm(settings):
+        dry = invoke("sync", "--as-of", "2026-11-20", "--dry-run")
+        assert "dry run" in dry and "API calls" in dry and "Churnflow_Health_Score__c" in dry
+        invoke("sync", "--as-of", "2026-11-20")
+        assert "0 difference(s)" in invoke("sync", "--as-of", "2026-11-20", "--reconcile")
+        connect(settings).Account.update(accounts["crm_account_id"][1], {"Churnflow_Health_Band__c": "Red"})
+        out = invoke("sync", "--as-of", "2026-11-20", "--reconcile")
+        assert "1 difference(s)" in out and "Churnflow_Health_Band__c: 'Green' → 'Red'" in out
+        assert "no failed records" in invoke("sync", "--as-of", "2026-11-20", "--retry-failed")
+    result = runner.invoke(app, ["sync", "--as-of", "2026-11-20", "--dry-run", "--reconcile"])
+    assert result.exit_code != 0
+
+
+def test_bench_crm_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
+    out = json.loads(invoke("bench", "crm", "--accounts", "300", "--tasks", "30"))
+    first, second = out["first_push"], out["second_push"]
+    assert first["accounts"]["updated"] == 300 and first["tasks"]["created"] == 30
+    assert first["api_calls_total"] == sum(first["api_calls_by_endpoint"].values()) > 0
+    assert second["data_calls"] == 0 and second["accounts"]["unchanged"] == 300
