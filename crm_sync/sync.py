@@ -112,7 +112,8 @@ def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesfo
 
 
 def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True,
-             retry: RetryPolicy | None = None, bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25) -> SyncSummary:
+             retry: RetryPolicy | None = None, bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25,
+             accounts: list[str] | None = None) -> SyncSummary:
     """Push the day's health fields and all pending tasks; store the Task Ids returned.
 
     The intent ledger (table ``crm_sync_ledger``) makes the push a delta (unchanged
@@ -122,6 +123,10 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
 
     health = load_account_health(engine, as_of)
     tasks = load_pending_tasks(engine)
+    if accounts is not None:  # a subset run (ops re-running a few accounts) pushes only those
+        wanted = set(accounts)
+        health = health[health["account_id"].isin(wanted)].reset_index(drop=True)
+        tasks = tasks[tasks["account_id"].isin(wanted)].reset_index(drop=True) if "account_id" in tasks else tasks
     summary = SyncSummary(as_of=as_of, dry_run=dry_run, planned={"accounts": len(health), "tasks": len(tasks)})
     if dry_run:  # read-only: not even the ledger table is created
         from crm_sync.ops import estimate_api_calls, plan_changes

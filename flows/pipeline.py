@@ -72,7 +72,7 @@ def daily_flow(as_of: date | None = None, dry_run: bool = False, accounts: list[
         features = features[features["account_id"].astype(str).isin({str(a) for a in accounts})].reset_index(drop=True)
     scores = score_in_partitions(settings, day, features, accounts)
     new_tasks = tasks.decide_outreach(settings, day, scores, features)
-    sync = tasks.sync_crm(settings, day, dry_run)
+    sync = tasks.sync_crm(settings, day, dry_run, accounts)
     bands = scores["band"].value_counts().to_dict()
     summary = {
         "as_of": str(day), "accounts_scored": len(scores), "bands": bands,

@@ -187,8 +187,8 @@ def decide_outreach(settings: Settings, as_of: date, scores: pd.DataFrame, featu
 
 
 @task(name="sync-crm", cache_policy=NO_CACHE, **CRM_RETRIES)
-def sync_crm(settings: Settings, as_of: date, dry_run: bool) -> crm_stage.SyncSummary:
-    summary = crm_stage.sync_crm(get_engine(settings.warehouse), settings, as_of, dry_run=dry_run)
+def sync_crm(settings: Settings, as_of: date, dry_run: bool, accounts: list[str] | None = None) -> crm_stage.SyncSummary:
+    summary = crm_stage.sync_crm(get_engine(settings.warehouse), settings, as_of, dry_run=dry_run, accounts=accounts)
     get_run_logger().info("crm sync: %s", summary.describe())
     return summary
 

@@ -80,6 +80,7 @@ def test_threads_score_like_the_sequential_run_and_a_subset_of_accounts(prefect_
     summary = daily_flow(as_of=DAY, dry_run=True, accounts=subset)
     after = _day_rows(engine)
     assert summary["accounts_scored"] == 5 and summary["accounts_requested"] == 5
+    assert "would write health fields on 5 accounts" in summary["crm"]  # the CRM push is limited too
     assert len(after) == len(before)
     mine = after["account_id"].isin(subset)
     assert (after.loc[mine, "health_score"] >= 0).all() and (after.loc[mine, "scored_at"] > pd.Timestamp(2000, 1, 1)).all()
