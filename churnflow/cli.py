@@ -338,6 +338,15 @@ def bench_crm_cmd(
     console.print_json(json.dumps(bench_crm(accounts, tasks, workdir=workdir)))
 
 
+@app.command("crm-pull")
+def crm_pull_cmd() -> None:
+    """Read account owners (and renewal dates, if a field is configured) back from the CRM."""
+    from crm_sync.pull import pull_crm_accounts
+
+    settings = _settings()
+    console.print(pull_crm_accounts(_engine(settings), settings).describe())
+
+
 @app.command("crm-server")
 def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (default: settings.local_crm_port).")] = None) -> None:
     """Run the local Salesforce-compatible server in the foreground, on the demo's CRM state."""

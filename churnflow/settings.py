@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     sf_consumer_key: str | None = Field(None, description="Connected app consumer key, for JWT bearer login.")
     sf_privatekey_file: Path | None = Field(None, description="Private key file for JWT bearer login.")
     sf_account_match_field: str = Field("Id", description="Account field that matches accounts.crm_account_id ('Id' or an external-id field).")
+    sf_renewal_date_field: str | None = Field(None, description="Account date field holding the renewal date, read back by `churnflow crm-pull` (e.g. Renewal_Date__c).")
     sf_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the Salesforce password (used when sf_password is unset).")
 
     # -- digest ----------------------------------------------------------------------

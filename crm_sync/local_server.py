@@ -168,6 +168,9 @@ def build_schema() -> dict[str, SObjectSchema]:
         FieldDef("OwnerId", "reference", "Owner ID", length=18, nillable=False, reference_to=("User",)),
         FieldDef("Industry", "picklist", "Industry", length=255, picklist=(
             "Software", "Retail", "Healthcare", "Finance", "Manufacturing", "Education", "Other")),
+        # The org's own renewal date (maintained by CS ops, not by churnflow): read back when
+        # CHURNFLOW_SF_RENEWAL_DATE_FIELD names it.
+        FieldDef("Renewal_Date__c", "date", "Renewal Date"),
         *custom["Account"],
     ])
     user = SObjectSchema("User", "005", "User", [
