@@ -809,9 +809,11 @@ def _model_health(engine: sa.Engine, now: pd.DataFrame, week_ending: date) -> Mo
     if not table_exists(engine, "model_monitoring"):
         return ModelHealth(champion, model_name, scored_at, **empty,
                            reason="model monitoring has not run yet (no model_monitoring table)")
+    # The day a check is *about* (as_of_date) decides its week, not when it ran: a re-run or a
+    # backfill checks past days, and a book whose data stops before today is checked later.
     mon = read_sql(
         engine,
-        "SELECT checked_at, model_version, metric, value, breached, detail FROM model_monitoring WHERE checked_at < :hi",
+        "SELECT checked_at, as_of_date, model_version, metric, value, breached, detail FROM model_monitoring WHERE as_of_date < :hi",
         {"hi": datetime.combine(week_ending + timedelta(days=1), datetime.min.time())},
     )
     if champion is not None and (mon["model_version"].astype(str) == champion).any():
@@ -819,7 +821,7 @@ def _model_health(engine: sa.Engine, now: pd.DataFrame, week_ending: date) -> Mo
     if mon.empty:
         return ModelHealth(champion, model_name, scored_at, **empty,
                            reason="no monitoring results for the champion model up to this week")
-    mon = mon.assign(checked_at=pd.to_datetime(mon["checked_at"])).sort_values("checked_at")
+    mon = mon.assign(checked_at=pd.to_datetime(mon["checked_at"])).sort_values(["as_of_date", "checked_at"])
     latest = mon.groupby("metric").tail(1)
     auc_rows = mon[mon["metric"] == "realized_auc"]
     realized = float(auc_rows["value"].iloc[-1]) if len(auc_rows) else None

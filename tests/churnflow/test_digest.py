@@ -358,7 +358,9 @@ def test_model_health_without_monitoring_table(digest):
 
 def test_model_health_with_monitoring(tmp_path, book):
     mon = pd.DataFrame({
-        "checked_at": pd.to_datetime(["2026-11-09 06:00", "2026-11-16 06:00", "2026-11-16 06:00", "2026-11-16 06:00", "2026-11-30 06:00"]),
+        # The 11-16 checks ran later (a re-run): the day they are about decides their week.
+        "checked_at": pd.to_datetime(["2026-11-09 06:00", "2026-12-05 06:00", "2026-12-05 06:00", "2026-12-05 06:00", "2026-11-30 06:00"]),
+        "as_of_date": pd.to_datetime(["2026-11-09", "2026-11-16", "2026-11-16", "2026-11-16", "2026-11-30"]),
         "model_version": ["7", "7", "7", "7", "7"],
         "metric": ["realized_auc", "realized_auc", "psi_score", "psi:tickets_30d", "realized_auc"],
         "value": [0.81, 0.78, 0.08, 0.31, 0.5],
