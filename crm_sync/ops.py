@@ -26,7 +26,7 @@ from crm_sync.client import connect, local_crm
 from crm_sync.ids import to_id18
 from crm_sync.ledger import Ledger, payload_hash
 from crm_sync.push import (BULK_THRESHOLD, COMPOSITE_BATCH, DEFAULT_RETRY, TASK_SYNCED_FIELDS, PushSummary, RetryPolicy,
-                           account_health_updates, find_tasks, in_clause_queries, push_account_health, push_tasks, query_all)
+                           account_health_updates, find_tasks, in_clause_queries, query_all)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def _failed_keys(ledger: Ledger, kind: str) -> set[str]:
 def retry_failed(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryPolicy | None = None,
                  bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25) -> RetrySummary:
     """Re-send exactly the records the ledger records as failed (today's values), nothing else."""
-    from churnflow.outreach import record_task_ids
-    from crm_sync.sync import load_account_health, load_pending_tasks
+    from crm_sync.sync import load_account_health, load_pending_tasks, push_health_and_tasks
 
     summary = RetrySummary()
     ledger = Ledger.existing(engine)
@@ -90,13 +89,8 @@ def retry_failed(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryP
     local = settings.crm == "local"
     with local_crm(settings) if local else nullcontext():
         sf = connect(settings)
-        if len(health):
-            summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
-                                                   retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval)
-        if len(tasks):
-            summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
-                                       poll_interval=poll_interval)
-            record_task_ids(engine, {k: v for k, v in summary.tasks.ids.items() if v})
+        push_health_and_tasks(engine, sf, settings, health, tasks, summary, ledger=ledger, retry=retry,
+                              bulk_threshold=bulk_threshold, poll_interval=poll_interval)
     log.info("%s", summary.describe())
     return summary
 

@@ -111,6 +111,21 @@ def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesfo
     return len(records)
 
 
+def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, health: pd.DataFrame, tasks: pd.DataFrame,
+                          summary: Any, *, ledger: Ledger | None, retry: RetryPolicy | None, bulk_threshold: int,
+                          poll_interval: float) -> None:
+    """Push account health rows and tasks, store the Task Ids returned: shared by sync and retry."""
+    from churnflow.outreach import record_task_ids
+
+    if len(health):
+        summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
+                                               retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval)
+    if len(tasks):
+        summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
+                                   poll_interval=poll_interval)
+        record_task_ids(engine, {k: v for k, v in summary.tasks.ids.items() if v})
+
+
 def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True,
              retry: RetryPolicy | None = None, bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25,
              accounts: list[str] | None = None) -> SyncSummary:
@@ -148,13 +163,8 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
                 mirror_book_to_local(engine, sf, server, emails)
             except (requests.RequestException, ValueError) as exc:
                 log.warning("could not mirror warehouse accounts into the local CRM: %s", exc)
-        if len(health):
-            summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
-                                                   retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval)
-        if len(tasks):
-            summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
-                                       poll_interval=poll_interval)
-            record_task_ids(engine, summary.tasks.ids)
+        push_health_and_tasks(engine, sf, settings, health, tasks, summary, ledger=ledger, retry=retry,
+                              bulk_threshold=bulk_threshold, poll_interval=poll_interval)
         summary.statuses_changed = refresh_task_status(engine, sf, retry or DEFAULT_RETRY)
     log.info("crm sync %s", summary.describe())
     return summary

@@ -4,7 +4,6 @@ and act on a subset of accounts."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import date, datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
+from tests.helpers import copy_duckdb_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 
@@ -23,14 +23,9 @@ DAY = date(2026, 9, 17)
 @pytest.fixture
 def home(trained_home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The trained home's model with a private copy of its warehouse, as the flows' environment."""
-    source = Path(trained_home.warehouse.removeprefix("duckdb:///"))
-    target = tmp_path / "warehouse.duckdb"
-    get_engine(trained_home.warehouse).dispose()
-    shutil.copy(source, target)
-    if source.with_suffix(".duckdb.wal").exists():
-        shutil.copy(source.with_suffix(".duckdb.wal"), target.with_suffix(".duckdb.wal"))
+    url = copy_duckdb_warehouse(trained_home.warehouse, tmp_path / "warehouse.duckdb")
     monkeypatch.setenv("CHURNFLOW_HOME", str(trained_home.home))
-    monkeypatch.setenv("CHURNFLOW_WAREHOUSE_URL", f"duckdb:///{target}")
+    monkeypatch.setenv("CHURNFLOW_WAREHOUSE_URL", url)
     return Settings()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from models.score import (
     active_overrides, compute_scores, load_features, merge_partitions, partition_of, previous_health, score_accounts,
     set_override, split_partitions, store_scores,
 )
+from tests.helpers import copy_duckdb_warehouse
 
 DAY = date(2026, 9, 10)
 PINNED = [0, 0, 1, 2]  # partition_of(id, 4) of A00001, A00002, A00003, acct-42: must never change
@@ -25,13 +25,8 @@ PINNED = [0, 0, 1, 2]  # partition_of(id, 4) of A00001, A00002, A00003, acct-42:
 @pytest.fixture
 def home(trained_home: Settings, tmp_path: Path) -> Settings:
     """The trained home's model with a private copy of its warehouse (these tests write scores)."""
-    source = Path(trained_home.warehouse.removeprefix("duckdb:///"))
-    target = tmp_path / "warehouse.duckdb"
-    get_engine(trained_home.warehouse).dispose()
-    shutil.copy(source, target)
-    if source.with_suffix(".duckdb.wal").exists():
-        shutil.copy(source.with_suffix(".duckdb.wal"), target.with_suffix(".duckdb.wal"))
-    return Settings(home=trained_home.home, warehouse_url=f"duckdb:///{target}")
+    url = copy_duckdb_warehouse(trained_home.warehouse, tmp_path / "warehouse.duckdb")
+    return Settings(home=trained_home.home, warehouse_url=url)
 
 
 def _day_rows(engine: sa.Engine, day: date = DAY) -> pd.DataFrame:
