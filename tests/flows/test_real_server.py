@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -134,9 +135,11 @@ def wait_for_release(root: subprocess.Popen, path: Path, timeout: float = 30) ->
     raise AssertionError(f"{path} still open in {holders} after {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def real_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPrefect]:
-    tmp = tmp_path_factory.mktemp("real-prefect")
+@contextmanager
+def start_real_prefect(tmp: Path, extra_server_env: dict[str, str] | None = None) -> Iterator[RealPrefect]:
+    """``prefect server start`` on a free port with its own PREFECT_HOME (plus
+    ``extra_server_env``, e.g. a PostgreSQL database URL), the process work pool and
+    ``prefect deploy --all``; on exit every spawned process tree is stopped."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     rp = RealPrefect(api_url, clean_env(PREFECT_HOME=str(tmp / "cli-home"), PREFECT_API_URL=api_url), tmp, [], [])
@@ -150,6 +153,7 @@ def real_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPrefe
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
         PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2",
     )
+    server_env.update(extra_server_env or {})
     rp.spawn("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env)
     try:
         deadline = time.monotonic() + 90
@@ -168,6 +172,12 @@ def real_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPrefe
     finally:
         survivors = stop_tree(rp.procs)
         assert not survivors, f"processes left behind: {survivors}"
+
+
+@pytest.fixture(scope="module")
+def real_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPrefect]:
+    with start_real_prefect(tmp_path_factory.mktemp("real-prefect")) as rp:
+        yield rp
 
 
 def _client(api_url: str):  # noqa: ANN202 - context manager from prefect
