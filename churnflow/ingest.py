@@ -46,6 +46,7 @@ from churnflow import contracts
 from churnflow.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
 from churnflow.schema import CANONICAL, Column, TableSpec, coerce
 from churnflow.warehouse import drop_tables, read_sql, replace_rows, table_exists
+from features.rollups import replace_usage_by_day
 
 log = logging.getLogger(__name__)
 
@@ -885,7 +886,11 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
         raise ContractError(_failure_message(report), report)
     for p, t in zip(prepared, report.tables):
         good = coerce(p.frame.loc[p.good], CANONICAL[p.table])
-        t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True)
+        if p.table == "usage":  # only the days that changed since the last load are rewritten
+            replace_usage_by_day(engine, good)
+            t.rows_loaded = len(good)
+        else:
+            t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True)
     log.info("ingest %s: %s", run_id, {t.table: (t.rows_loaded, t.rows_quarantined) for t in report.tables})
     return report
 

@@ -13,6 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from features.catalogue import FAMILIES
+from features.text import TOPICS
 
 Kind = Literal["str", "int", "float", "bool", "date", "timestamp"]
 
@@ -41,6 +42,8 @@ class TableSpec:
     description: str
     columns: tuple[Column, ...]
     key: tuple[str, ...] = field(default=())
+    # Created on PostgreSQL only: DuckDB prunes range scans with its zone maps instead.
+    indexes: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def column_names(self) -> list[str]:
@@ -99,6 +102,7 @@ USAGE = TableSpec(
         Column("errors", "int", "Errors the user hit.", required=False, default=0),
         Column("user_id", "str", "The acting user (for active-user counts).", required=False),
     ),
+    indexes=(("occurred_at",),),
 )
 
 TICKETS = TableSpec(
@@ -116,6 +120,7 @@ TICKETS = TableSpec(
         Column("csat", "int", "Ticket CSAT score 1-5, if the customer answered.", required=False),
     ),
     key=("ticket_id",),
+    indexes=(("opened_at",),),
 )
 
 SURVEYS = TableSpec(
@@ -130,6 +135,7 @@ SURVEYS = TableSpec(
         Column("comment", "str", "Free-text verbatim.", required=False),
     ),
     key=("response_id",),
+    indexes=(("submitted_at",),),
 )
 
 TRUTH = TableSpec(
@@ -209,9 +215,94 @@ BAND_OVERRIDES = TableSpec(
 
 OUTPUTS: dict[str, TableSpec] = {t.name: t for t in (ACCOUNT_SCORES, OUTREACH_TASKS, BAND_OVERRIDES)}
 
+# -- derived tables: materialized once per day by features.rollups, read by the feature builder
+
+USAGE_DAILY = TableSpec(
+    "usage_daily",
+    "Usage rolled up per account, day, user and product feature (features.rollups). Windows read this, never raw usage.",
+    (
+        Column("account_id", "str", "The account."),
+        Column("activity_date", "date", "The day of the activity."),
+        Column("user_id", "str", "The acting user (empty when the source has none).", required=False),
+        Column("feature", "str", "Product feature or event name."),
+        Column("events", "float", "Sum of quantity."),
+        Column("errors", "int", "Sum of errors."),
+        Column("duration_s", "float", "Sum of time spent, in seconds."),
+        Column("source_rows", "int", "Raw usage rows rolled into this row."),
+    ),
+    indexes=(("activity_date",),),
+)
+
+USAGE_ACCOUNT_DAILY = TableSpec(
+    "usage_account_daily",
+    "Usage rolled up per account and day (features.rollups): event sums and the activity span.",
+    (
+        Column("account_id", "str", "The account."),
+        Column("activity_date", "date", "The day of the activity."),
+        Column("events", "float", "Sum of quantity."),
+        Column("errors", "int", "Sum of errors."),
+        Column("source_rows", "int", "Raw usage rows rolled into this row."),
+    ),
+    indexes=(("activity_date",),),
+)
+
+USAGE_ROLLUP_DAYS = TableSpec(
+    "usage_rollup_days",
+    "Which days the usage rollups hold and whether a write to usage has made a day stale (dirty).",
+    (
+        Column("activity_date", "date", "The day."),
+        Column("source_rows", "int", "Raw usage rows the day had when it was rolled."),
+        Column("events", "float", "Sum of quantity that day."),
+        Column("content_hash", "str", "Order-independent hash of the day's rolled rows (feature cache keys use it).", required=False),
+        Column("dirty", "bool", "True when usage rows of that day were written after the roll."),
+        Column("rolled_at", "timestamp", "When the day was last rolled.", required=False),
+    ),
+    key=("activity_date",),
+)
+
+USAGE_INGEST_DAYS = TableSpec(
+    "usage_ingest_days",
+    "Per-day content hash of the usage ingest loaded last, so the next ingest rewrites only changed days.",
+    (
+        Column("activity_date", "date", "The day."),
+        Column("content_hash", "str", "Order-independent hash of that day's canonical usage rows."),
+        Column("source_rows", "int", "Rows of that day."),
+    ),
+    key=("activity_date",),
+)
+
+SURVEY_TEXT = TableSpec(
+    "survey_text",
+    "Verbatim comments scored once each (sentiment and topic flags from the packaged lexicon).",
+    (
+        Column("response_id", "str", "The survey response."),
+        Column("account_id", "str", "The responding account."),
+        Column("submitted_at", "timestamp", "When the response was submitted."),
+        Column("comment_md5", "str", "md5 of the comment that was scored; a changed comment is scored again."),
+        Column("sentiment", "float", "Lexicon sentiment, -1 (negative) to 1 (positive); empty when no lexicon word appears.", required=False),
+        *[Column(f"topic_{topic}", "int", f"1 when the comment mentions {topic.replace('_', ' ')}.") for topic in TOPICS],
+    ),
+    key=("response_id",),
+    indexes=(("submitted_at",),),
+)
+
+FEATURE_BUILDS = TableSpec(
+    "feature_builds",
+    "Which inputs each as-of date's stored features were built from: a re-run with the same inputs reuses them.",
+    (
+        Column("as_of_date", "date", "The as-of date."),
+        Column("input_fingerprint", "str", "Hash of the feature-set version and of every row the features as of that date read."),
+        Column("feature_rows", "int", "Accounts featured."),
+        Column("built_at", "timestamp", "When they were built."),
+    ),
+    key=("as_of_date",),
+)
+
+DERIVED: dict[str, TableSpec] = {t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS)}
+
 CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS)}
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}
-DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS}
+DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS, **DERIVED}
 
 
 def coerce(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     training_snapshots: int = Field(12, ge=4, description="How many of the newest monthly as-of dates with matured labels are used (fit + calibration + holdout).")
     holdout_snapshots: int = Field(2, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")
 
+    # -- features --------------------------------------------------------------------
+    feature_reuse: bool = Field(True, description="Reuse a day's stored features when every input row they read is unchanged (set false if another tool rewrites canonical tables behind churnflow's back).")
+    rollup_recheck_days: int = Field(3, ge=1, description="Usage rollups: the last rolled days re-read on every refresh, for rows that arrive late without going through churnflow.")
+
     # -- model -----------------------------------------------------------------------
     num_boost_round: int = Field(300, ge=10, description="Maximum LightGBM boosting rounds (early stopping may use fewer).")
     learning_rate: float = Field(0.05, gt=0, description="LightGBM learning rate.")

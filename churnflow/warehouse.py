@@ -68,6 +68,22 @@ def _read_duckdb(engine: sa.Engine, stmt: sa.Executable, params: dict[str, Any])
             raise sa.exc.DBAPIError.instance(compiled.string, positional, exc, duckdb.Error) from None
 
 
+def content_hash_sql(dialect_name: str, columns: list[str]) -> str:
+    """An aggregate SQL expression: an order-independent hash of the rows' ``columns``, as text.
+
+    The one dialect-specific piece of SQL: DuckDB's ``hash`` and PostgreSQL's
+    ``hashtextextended``; a sum of 64-bit row hashes changes when any value of any row does.
+    ``columns`` are churnflow's own column names, never user input.
+    """
+    cols = ", ".join(f'"{c}"' for c in columns)
+    if dialect_name == "duckdb":
+        return f"CAST(COALESCE(SUM(hash({cols})), 0) AS VARCHAR)"
+    if dialect_name == "postgresql":
+        text = ", ".join(f"COALESCE(CAST(\"{c}\" AS VARCHAR), '\\N')" for c in columns)
+        return f"CAST(COALESCE(SUM(hashtextextended(concat_ws('|', {text}), 0)), 0) AS VARCHAR)"
+    raise NotImplementedError(f"content hashes are not implemented for {dialect_name}")
+
+
 def read_table(engine: sa.Engine, name: str) -> pd.DataFrame:
     return read_sql(engine, sa.select(sa.text("*")).select_from(sa.table(name)))
 
@@ -91,8 +107,11 @@ def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
     if name in DECLARED:
         table = DECLARED[name].sa_table(metadata)
     else:
-        table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c])) for c in frame.columns])
+        table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns])
     table.create(engine, checkfirst=True)
+    if engine.dialect.name == "postgresql" and name in DECLARED:
+        for cols in DECLARED[name].indexes:
+            sa.Index(f"ix_{name}_{'_'.join(cols)}", *[table.c[c] for c in cols]).create(engine, checkfirst=True)
     return table
 
 
@@ -119,12 +138,21 @@ def replace_rows(
             conn.execute(table.delete().where(sa.and_(*[table.c[k] == v for k, v in where.items()])))
         if len(frame):
             _insert_frame(conn, table, frame)
+        if name == "usage":  # the usage rollups must learn which days changed (features.rollups)
+            from features.rollups import record_usage_write
+
+            record_usage_write(conn, frame, whole_table=replace_all or bool(where))
     log.debug("wrote %d rows to %s", len(frame), name)
     return len(frame)
 
 
 def append_rows(engine: sa.Engine, name: str, frame: pd.DataFrame) -> int:
     return replace_rows(engine, name, frame)
+
+
+def insert_frame(conn: sa.Connection, name: str, frame: pd.DataFrame) -> None:
+    """Insert ``frame`` into the declared table ``name`` inside the caller's transaction."""
+    _insert_frame(conn, sa.table(name, *[sa.column(c) for c in DECLARED[name].column_names]), frame)
 
 
 def _insert_frame(conn: sa.Connection, table: sa.TableClause, frame: pd.DataFrame) -> None:

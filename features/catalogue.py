@@ -66,7 +66,7 @@ CATALOGUE: tuple[Feature, ...] = (
       "Active users {direction} {abs_pct:.0f}% over the last 30 days", 60),
     F("features_used_30d", "usage", "Distinct product features used in the last 30 days (adoption breadth)", "features", "lower",
       "{value:.0f} product features used in the last 30 days", 30),
-    F("days_since_last_activity", "usage", "Days since any product activity", "days", "higher",
+    F("days_since_last_activity", "usage", "Full days since the last day with any product activity (0: used the day before)", "days", "higher",
       "{value:.0f} days since anyone used the product", 365),
     F("error_rate_30d", "usage", "Errors per product event in the last 30 days", "ratio", "higher",
       "{abs_pct:.1f}% of product events hit an error in the last 30 days", 30),
@@ -130,14 +130,14 @@ CATALOGUE: tuple[Feature, ...] = (
       "Customer for {value:,.0f} days"),
     F("journey_stage", "lifecycle", "Onboarding (first 90 days), renewal window (90 days to renewal) or adoption", "category", "category",
       "In the {value} stage", None, ("onboarding", "adoption", "renewal_window")),
-    F("days_to_first_value", "lifecycle", "Days from becoming a customer to the first product activity", "days", "higher",
+    F("days_to_first_value", "lifecycle", "Calendar days from becoming a customer to the first day of product activity", "days", "higher",
       "Took {value:.0f} days to first product use"),
 )
 
 BY_NAME: dict[str, Feature] = {f.name: f for f in CATALOGUE}
 FEATURE_NAMES: list[str] = [f.name for f in CATALOGUE]
 CATEGORICAL: list[str] = [f.name for f in CATALOGUE if f.is_categorical]
-FEATURE_SET_VERSION = "1"
+FEATURE_SET_VERSION = "2"  # bump when a feature's meaning changes (2: day-granular activity dates)
 
 
 def family_of(name: str) -> str:

@@ -3,19 +3,28 @@
 Tasks take the Settings object (not engines or clients) so every run is reproducible from
 its parameters; the engine is opened inside from the settings.
 
-Caching: none across runs (``NO_CACHE``), on purpose. A correct key for build-features
-needs a watermark of every change to the rows a day's features read; the warehouse has
-event timestamps but no load/update timestamps, so late-arriving or amended rows would be
-invisible to any cheap key and a cache would serve stale features. Within a run features
-are computed once and passed on in memory. See docs/operations.md, "Retries and caching".
+Caching by inputs, where the work is expensive and its inputs can be named exactly:
+
+* build-features: the stage itself reuses a day's stored features when the fingerprint of
+  every input row known that day is unchanged (``features.build.input_fingerprint``), so
+  the CLI gets it too;
+* score-partition: a Prefect cache key over the model version, the partition's features,
+  the previous health, the overrides, the settings and the scoring code.
+
+Everything else runs every time (``NO_CACHE``): it writes, reads the CRM, or is cheap. See
+docs/operations.md, "Retries and caching".
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -46,9 +55,19 @@ def resolve_as_of(settings: Settings, as_of: date | None) -> date:
     return as_of or feature_stage.default_as_of(get_engine(settings.warehouse))
 
 
+@task(name="refresh-rollups", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def refresh_rollups(settings: Settings, since: date) -> str:
+    report = feature_stage.refresh_derived(get_engine(settings.warehouse), since, recheck_days=settings.rollup_recheck_days)
+    get_run_logger().info(report.describe())
+    return report.describe()
+
+
 @task(name="build-features", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
-def build_features(settings: Settings, as_of: date) -> pd.DataFrame:
-    frame = feature_stage.materialize_features(get_engine(settings.warehouse), [as_of])
+def build_features(settings: Settings, as_of: date, refresh: bool = True) -> pd.DataFrame:
+    """Features as of one day; ``refresh=False`` when the flow already refreshed the rollups."""
+    frame = feature_stage.materialize_features(
+        get_engine(settings.warehouse), [as_of], recheck_days=settings.rollup_recheck_days, refresh=refresh, reuse=settings.feature_reuse
+    )
     get_run_logger().info("features as of %s: %d active accounts, %d features", as_of, len(frame), frame.shape[1] - 2)
     return frame
 
@@ -138,7 +157,48 @@ def prepare_scoring(settings: Settings, as_of: date) -> ScoringInputs:
     )
 
 
-@task(name="score-partition", cache_policy=NO_CACHE)
+def _frame_digest(frame: pd.DataFrame | pd.Series) -> str:
+    values = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    names = ",".join(map(str, frame.columns)) if isinstance(frame, pd.DataFrame) else str(frame.name)
+    return f"{names}:{len(values)}:{int(values.sum(dtype='uint64')):x}:{int(np.bitwise_xor.reduce(values)) if len(values) else 0:x}"
+
+
+def score_partition_cache_key(context: object, parameters: dict[str, object]) -> str:
+    """The cache key of a scoring partition: everything its scores are a function of.
+
+    The model (registry name, version and training run), the partition's feature rows, the
+    health 7 and 30 days back, the active overrides, the settings and the scoring code.
+    ``scored_at`` is left out: a hit returns the scores as they were computed.
+    """
+    settings, as_of = parameters["settings"], parameters["as_of"]
+    features, inputs = parameters["features"], parameters["inputs"]
+    assert isinstance(settings, Settings) and isinstance(inputs, ScoringInputs) and isinstance(features, pd.DataFrame)
+    digest = hashlib.sha256()
+    for part in (
+        _scoring_code_version(), str(as_of), settings.model_dump_json(),
+        f"{inputs.loaded.name}:{inputs.loaded.version}:{inputs.loaded.run_id}",
+        _frame_digest(features), _frame_digest(inputs.overrides),
+        *[f"{days}:{_frame_digest(series)}" for days, series in sorted(inputs.previous_health.items())],
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return f"score-partition-{digest.hexdigest()}"
+
+
+@lru_cache(maxsize=1)
+def _scoring_code_version() -> str:
+    import models.churn_model
+    import models.explain
+    import models.fast_shap
+
+    modules = (score_stage, models.explain, models.fast_shap, models.churn_model, outreach)
+    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:16]
+
+
+# Cached by its inputs (score_partition_cache_key): re-running a day whose features, model,
+# history and overrides are unchanged (a re-run after a CRM failure, a repeated backfill)
+# returns the stored result instead of explaining every account again.
+@task(name="score-partition", cache_key_fn=score_partition_cache_key, cache_expiration=timedelta(days=14), persist_result=True)
 def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs) -> pd.DataFrame:
     """Compute (not store) the scores of one partition of the accounts: pure, no warehouse access.
 

@@ -45,16 +45,17 @@ class LoadedModel:
     model: ChurnModel
     name: str
     version: str
+    run_id: str = ""  # the MLflow run that trained it: unique across registries, unlike the version number
 
 
 def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
     client = configure_mlflow(settings)
     try:
-        version = client.get_model_version_by_alias(settings.model_name, alias).version
+        found = client.get_model_version_by_alias(settings.model_name, alias)
     except MlflowException as exc:
         raise LookupError(f"no model '{settings.model_name}@{alias}' in {settings.tracking_uri}: run `churnflow train` first") from exc
-    loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{alias}")
-    return LoadedModel(loaded.unwrap_python_model(), settings.model_name, str(version))
+    loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{found.version}")
+    return LoadedModel(loaded.unwrap_python_model(), settings.model_name, str(found.version), str(found.run_id or ""))
 
 
 def sanity_problems(model: ChurnModel, metrics: dict[str, float], settings: Settings) -> list[str]:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES
 from churnflow.settings import Settings
 from churnflow.warehouse import _insert_frame, ensure_table, read_sql, replace_rows, table_exists
-from features.build import FEATURE_TABLE, build_features
+from features.build import materialize_features
 from models.explain import contributions, drivers, family_scores
 from models.registry import LoadedModel, load_model
 
@@ -43,12 +43,9 @@ def band(p_churn: np.ndarray, settings: Settings) -> np.ndarray:
 
 
 def load_features(engine: sa.Engine, as_of: date) -> pd.DataFrame:
-    """Materialized features for ``as_of`` if present, else built now."""
-    if table_exists(engine, FEATURE_TABLE):
-        frame = read_sql(engine, f"SELECT * FROM {FEATURE_TABLE} WHERE as_of_date = :d", {"d": datetime(as_of.year, as_of.month, as_of.day)})
-        if len(frame):
-            return frame
-    return build_features(engine, as_of)
+    """Features for ``as_of``: the stored ones while every input they read is unchanged,
+    else rebuilt (and stored)."""
+    return materialize_features(engine, [as_of])
 
 
 TREND_TOLERANCE_DAYS = 6

@@ -424,3 +424,58 @@ def test_globbed_csv_parts_parquet_constants_and_defaults(tmp_path: Path) -> Non
         ["accounts_2.csv", 2, "account_id", "duplicate account_id (first occurrence kept)"],
         ["tickets.parquet", 3, "account_id", "unknown account_id"],
     ]
+
+
+# ============================================================================ usage loads by day
+
+
+def _usage_mapping(tmp_path: Path, rows: list[str]) -> Path:
+    import yaml
+
+    _write(tmp_path / "accounts.csv", ACCOUNTS_CSV)
+    _write(tmp_path / "usage.csv", "acct,at,what,n,user\n" + "\n".join(rows) + "\n")
+    mapping = {"tables": {
+        "accounts": {"file": "accounts.csv", "columns": {"account_id": "id", "name": "company", "segment": "tier", "created_at": "since"}},
+        "usage": {"file": "usage.csv", "columns": {"account_id": "acct", "occurred_at": "at", "feature": "what", "quantity": "n", "user_id": "user"}},
+    }}
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump(mapping), encoding="utf-8")
+    return path
+
+
+def test_a_usage_reload_rewrites_only_the_days_that_changed(tmp_path: Path) -> None:
+    from features.rollups import refresh_usage_rollups
+
+    engine = get_engine(f"duckdb:///{tmp_path}/w.duckdb")
+    days = [f"2025-03-{d:02d}" for d in range(1, 21)]
+    # "at" is an SQL keyword: the staging table must quote it
+    rows = [f"A{1 + i % 3},{day} 10:{i:02d}:00,reports,{i + 1},u{i}" for day in days for i in range(4)]
+    mapping = _usage_mapping(tmp_path, rows)
+    ingest(engine, mapping, RUN_DATE)
+    assert refresh_usage_rollups(engine).full
+
+    changed = rows.copy()
+    changed[4 * 5 + 1] = changed[4 * 5 + 1].replace(",reports,", ",exports,")  # one row of 2025-03-06 changes
+    changed = [r for r in changed if not r.split(",")[1].startswith("2025-03-10")]  # 2025-03-10 disappears
+    changed += ["A2,2025-03-21 09:00:00,reports,5,u9", "A3,2025-03-21 11:00:00,exports,2,u8"]  # a new day
+    _usage_mapping(tmp_path, changed)
+    report = ingest(engine, mapping, RUN_DATE)
+    assert report.tables[-1].rows_loaded == len(changed)
+
+    usage = read_sql(engine, "SELECT account_id, occurred_at, feature, quantity, user_id FROM usage ORDER BY occurred_at, user_id")
+    expected = pd.DataFrame([r.split(",") for r in changed], columns=["account_id", "occurred_at", "feature", "quantity", "user_id"])
+    expected = expected.assign(occurred_at=pd.to_datetime(expected["occurred_at"]), quantity=expected["quantity"].astype(float))
+    expected = expected.sort_values(["occurred_at", "user_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(usage, expected, check_dtype=False)
+
+    rolled = refresh_usage_rollups(engine, recheck_days=1)
+    assert not rolled.full
+    # 03-06 changed, 03-10 gone, 03-21 new; 03-20 is the recheck of the last rolled day
+    assert rolled.days_rolled == 4
+    assert rolled.source_rows == 4 + 0 + 2 + 4
+    hashes = read_sql(engine, "SELECT activity_date FROM usage_ingest_days")
+    assert len(hashes) == 20  # 20 days: 19 of March 1-20 plus the 21st
+
+    again = refresh_usage_rollups(engine, recheck_days=1)
+    ingest(engine, mapping, RUN_DATE)  # the same extract again: nothing to rewrite, nothing to roll
+    assert refresh_usage_rollups(engine, recheck_days=1).days_rolled == again.days_rolled == 1

@@ -136,3 +136,48 @@ def test_postgres_gives_the_same_features_as_duckdb(pg_engine: sa.Engine, duck_e
     pd.testing.assert_frame_equal(duck, pg, check_exact=False, rtol=1e-6)
     assert len(read_sql(pg_engine, "SELECT * FROM accounts")) == 120
     assert datetime(2026, 8, 1) == pd.Timestamp(pg["as_of_date"].iloc[0]).to_pydatetime()
+
+
+def _built_at(engine: sa.Engine, as_of: date) -> pd.Timestamp:
+    return pd.Timestamp(read_sql(engine, "SELECT built_at FROM feature_builds WHERE as_of_date = :d", {"d": as_of}).loc[0, "built_at"])
+
+
+def test_features_are_reused_only_while_their_inputs_are_unchanged(book_engine: sa.Engine, small_book: dict[str, pd.DataFrame]) -> None:
+    from features.build import input_fingerprint, materialize_features
+
+    first = materialize_features(book_engine, [AS_OF])
+    built = _built_at(book_engine, AS_OF)
+    again = materialize_features(book_engine, [AS_OF])
+    assert _built_at(book_engine, AS_OF) == built  # reused, not rebuilt
+    pd.testing.assert_frame_equal(first, again)
+
+    # A change dated on or after D is not an input of D: still reused.
+    d = pd.Timestamp(AS_OF)
+    tickets = small_book["tickets"].copy()
+    later = pd.to_datetime(tickets["opened_at"]) >= d
+    tickets.loc[later, "priority"] = "urgent"
+    replace_rows(book_engine, "tickets", tickets, replace_all=True)
+    materialize_features(book_engine, [AS_OF])
+    assert _built_at(book_engine, AS_OF) == built
+
+    # Any value of an input row known at D changes the fingerprint: rebuilt, and it shows.
+    fingerprint = input_fingerprint(book_engine, AS_OF)
+    victim = tickets.index[(pd.to_datetime(tickets["opened_at"]) < d) & (pd.to_datetime(tickets["opened_at"]) >= d - pd.Timedelta(days=30))
+                           & (tickets["priority"] == "low")][0]
+    tickets.loc[victim, "priority"] = "high"  # same row count, same sums: only a value changed
+    replace_rows(book_engine, "tickets", tickets, replace_all=True)
+    assert input_fingerprint(book_engine, AS_OF) != fingerprint
+    rebuilt = materialize_features(book_engine, [AS_OF]).set_index("account_id")
+    assert _built_at(book_engine, AS_OF) > built
+    account = tickets.loc[victim, "account_id"]
+    assert rebuilt.loc[account, "high_priority_share_90d"] > first.set_index("account_id").loc[account, "high_priority_share_90d"]
+
+    # A usage value inside the window: a user renamed on one day (counts and sums unchanged).
+    built = _built_at(book_engine, AS_OF)
+    usage = small_book["usage"].copy()
+    row = usage.index[(usage["occurred_at"] < d) & (usage["occurred_at"] >= d - pd.Timedelta(days=5))][0]
+    usage.loc[row, "user_id"] = "renamed-user"
+    replace_rows(book_engine, "usage", usage, replace_all=True)
+    again = materialize_features(book_engine, [AS_OF]).set_index("account_id")
+    assert _built_at(book_engine, AS_OF) > built
+    assert again.loc[usage.loc[row, "account_id"], "active_users_90d"] >= rebuilt.loc[usage.loc[row, "account_id"], "active_users_90d"]
