@@ -4,9 +4,9 @@ Features as of date D use only rows stamped strictly before D, and subscription 
 it was known at D: a cancellation recorded on or after D is invisible, and so is a
 subscription that starts on or after D. All aggregation runs in the warehouse as
 dialect-neutral SQL with bound parameters (the same text runs on DuckDB and PostgreSQL):
-usage windows read the daily rollups of ``features.rollups``, support and perception read
-their tables directly. pandas assembles the per-account frame and the commercial state
-(a few rows per account).
+usage windows read the daily rollups of ``features.rollups``; commercial, support and
+perception read their tables directly. pandas assembles the per-account frame and derives
+the ratios, trends and categories from the aggregates.
 """
 
 from __future__ import annotations
@@ -99,9 +99,39 @@ GROUP BY account_id
 
 ACCOUNTS_SQL = "SELECT account_id, segment, created_at FROM accounts WHERE created_at < :as_of"
 
-SUBSCRIPTIONS_SQL = """
-SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, cancelled_at, auto_renew
-FROM subscriptions WHERE start_date < :as_of
+# Commercial state as known at D: terms started before D; a cancellation recorded on or after
+# D is invisible. The main term (plan, auto-renew) is the active one with the highest ARR; a
+# downgrade is a term started in the last year at lower ARR than the account's term before it.
+COMMERCIAL_SQL = """
+WITH known AS (
+  SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew,
+    CASE WHEN cancelled_at < :as_of THEN cancelled_at END AS cancelled_at
+  FROM subscriptions
+  WHERE start_date < :as_of
+), active AS (
+  SELECT account_id, plan, seats, arr, end_date, auto_renew,
+    ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY arr DESC, subscription_id) AS arr_rank
+  FROM known
+  WHERE end_date >= :as_of AND cancelled_at IS NULL
+), terms AS (
+  SELECT account_id, start_date, arr,
+    LAG(arr) OVER (PARTITION BY account_id ORDER BY start_date, subscription_id) AS previous_arr
+  FROM known
+), downgrades AS (
+  SELECT account_id, SUM(CASE WHEN start_date >= :d365 AND arr < previous_arr THEN 1 ELSE 0 END) AS downgrades_365d
+  FROM terms
+  GROUP BY account_id
+)
+SELECT active.account_id,
+  SUM(active.arr) AS arr,
+  SUM(active.seats) AS seats,
+  MAX(CASE WHEN active.arr_rank = 1 THEN active.plan END) AS plan,
+  MIN(active.end_date) AS first_end_date,
+  MAX(CASE WHEN active.arr_rank = 1 THEN CASE WHEN active.auto_renew THEN 1.0 ELSE 0.0 END END) AS auto_renew,
+  MAX(downgrades.downgrades_365d) AS downgrades_365d
+FROM active
+LEFT JOIN downgrades ON downgrades.account_id = active.account_id
+GROUP BY active.account_id
 """
 
 # Support: a ticket's close, reopen flag and CSAT are known at D only if it closed before D.
@@ -147,46 +177,6 @@ GROUP BY s.account_id
 """
 
 
-def subscriptions_known_at(subscriptions: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    """Subscription rows as they were known at ``as_of``: later cancellations are hidden."""
-    subs = subscriptions[pd.to_datetime(subscriptions["start_date"]) < _ts(as_of)].copy()
-    cancelled = pd.to_datetime(subs["cancelled_at"])
-    subs["cancelled_at"] = cancelled.where(cancelled < _ts(as_of))
-    return subs
-
-
-def active_subscriptions(subscriptions: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    """Subscriptions covering ``as_of`` given what was known then."""
-    subs = subscriptions_known_at(subscriptions, as_of)
-    covering = (pd.to_datetime(subs["end_date"]) >= _ts(as_of)) & subs["cancelled_at"].isna()
-    return subs[covering]
-
-
-def _commercial(subs_known: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    active = subs_known[(pd.to_datetime(subs_known["end_date"]) >= _ts(as_of)) & subs_known["cancelled_at"].isna()].copy()
-    if active.empty:
-        return pd.DataFrame(columns=["arr", "seats", "plan", "days_to_renewal", "auto_renew", "downgrades_365d"]).rename_axis("account_id")
-    active = active.sort_values(["account_id", "arr"], ascending=[True, False])
-    grouped = active.groupby("account_id")
-    main = grouped.head(1).set_index("account_id")
-    out = pd.DataFrame(
-        {
-            "arr": grouped["arr"].sum(),
-            "seats": grouped["seats"].sum(),
-            "plan": main["plan"],
-            "days_to_renewal": (pd.to_datetime(grouped["end_date"].min()) - _ts(as_of)).dt.days,
-            "auto_renew": main["auto_renew"].astype(float),
-        }
-    )
-    # A downgrade is a term that started in the last year at lower ARR than the term before it.
-    ordered = subs_known.sort_values(["account_id", "start_date"])
-    prev_arr = ordered.groupby("account_id")["arr"].shift(1)
-    recent = pd.to_datetime(ordered["start_date"]) >= _ts(as_of) - timedelta(days=HISTORY_DAYS)
-    downgrade = (ordered["arr"] < prev_arr) & recent
-    out["downgrades_365d"] = downgrade.groupby(ordered["account_id"]).sum().reindex(out.index).fillna(0)
-    return out
-
-
 def refresh_derived(engine: sa.Engine, since: date, *, recheck_days: int = 3) -> RollupReport:
     """Bring the tables the windows read up to date (usage rollups, scored comments)."""
     report = refresh_usage_rollups(engine, recheck_days=recheck_days)
@@ -207,9 +197,9 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> p
     if refresh:
         refresh_derived(engine, as_of)
     params = bounds(as_of)
-    accounts = read_sql(engine, ACCOUNTS_SQL, params).set_index("account_id")
-    subs = subscriptions_known_at(read_sql(engine, SUBSCRIPTIONS_SQL, params), as_of)
-    commercial = _commercial(subs, as_of)
+    accounts = _per_account(engine, ACCOUNTS_SQL, params)
+    commercial = _per_account(engine, COMMERCIAL_SQL, params)
+    commercial["days_to_renewal"] = (pd.to_datetime(commercial["first_end_date"]) - params["as_of"]).dt.days
     active_ids = commercial.index.intersection(accounts.index)
     frame = pd.DataFrame(index=pd.Index(active_ids, name="account_id"))
     if len(frame.index) == 0:
