@@ -298,7 +298,21 @@ FEATURE_BUILDS = TableSpec(
     key=("as_of_date",),
 )
 
-DERIVED: dict[str, TableSpec] = {t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS)}
+SCORE_BUILDS = TableSpec(
+    "score_builds",
+    "Which inputs each day's stored scores were computed from: a re-run with the same inputs reuses them.",
+    (
+        Column("as_of_date", "date", "The scoring day."),
+        Column("input_fingerprint", "str", "Hash of the model, the features, the previous health, the overrides, the settings and the scoring code."),
+        Column("scored_rows", "int", "Accounts scored."),
+        Column("scored_at", "timestamp", "When they were computed."),
+    ),
+    key=("as_of_date",),
+)
+
+DERIVED: dict[str, TableSpec] = {
+    t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS, SCORE_BUILDS)
+}
 
 CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS)}
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}

@@ -7,6 +7,7 @@ idempotent for its partition (re-running a day replaces that day's rows).
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 from collections.abc import Mapping
@@ -29,7 +30,19 @@ def get_engine(url: str) -> sa.Engine:
         from pathlib import Path
 
         Path(url.removeprefix("duckdb:///")).parent.mkdir(parents=True, exist_ok=True)
-    return sa.create_engine(url, future=True)
+    engine = sa.create_engine(url, future=True)
+    _ENGINES.append(engine)
+    return engine
+
+
+_ENGINES: list[sa.Engine] = []
+
+
+@atexit.register
+def _dispose_engines() -> None:
+    """Close pooled connections cleanly before the interpreter tears the drivers down."""
+    for engine in _ENGINES:
+        engine.dispose()
 
 
 def dialect(engine: sa.Engine) -> str:

@@ -220,6 +220,8 @@ def refresh_usage_rollups(engine: sa.Engine, *, recheck_days: int = 3, rebuild: 
             last = pd.Timestamp(hi).date()
             days += [tail + timedelta(days=i) for i in range((last - tail).days + 1)]
     rows = sum(_roll(engine, start, end) for start, end in _ranges(days))
+    if full:
+        _analyze(engine, "usage_daily", "usage_account_daily", "usage_rollup_days")
     report = RollupReport(full, len(set(days)), rows, time.perf_counter() - started)
     log.info(report.describe())
     return report
@@ -258,6 +260,18 @@ def refresh_survey_text(engine: sa.Engine, since: date) -> int:
         conn.execute(sa.text(_STALE_TEXT), params)  # changed, moved or deleted responses
         if len(out):
             insert_frame(conn, schema.SURVEY_TEXT.name, out)
+    if len(out) > 10_000:
+        _analyze(engine, schema.SURVEY_TEXT.name)
     if len(out):
         log.info("scored %d new or changed survey comment(s)", len(out))
     return len(out)
+
+
+def _analyze(engine: sa.Engine, *tables: str) -> None:
+    """Fresh planner statistics after a bulk load, on PostgreSQL: the next run's deletes and
+    joins on these tables must not be planned as if they were empty (autovacuum comes later)."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(sa.text(f'ANALYZE "{table}"'))

@@ -40,10 +40,17 @@ def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, a
     tasks on the configured task runner (threads, or Dask), then store them once.
 
     The partition tasks only compute; the model, previous health and overrides are read
-    once before and the rows are written once after, by the flow's process. Returns the
-    scores in the features' order (the same rows a sequential ``score_accounts`` gives).
+    once before and the rows are written once after, by the flow's process. When the day's
+    stored scores were computed from exactly these inputs, they are returned and nothing
+    is computed. Returns the scores in the features' order (the same rows a sequential
+    ``score_accounts`` gives).
     """
     inputs = tasks.prepare_scoring(settings, day)
+    fingerprint = None
+    if accounts is None:  # a subset run always computes (it replaces only some rows of the day)
+        fingerprint, stored = tasks.find_stored_scores(settings, day, features, inputs)
+        if stored is not None:
+            return stored
     parts = score_stage.split_partitions(features, settings.score_partitions)
     with tasks.task_runner(settings) as runner:
         futures = [
@@ -52,7 +59,7 @@ def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, a
         ]
         results = [future.result() for future in futures]
     scores = score_stage.merge_partitions(results, features["account_id"])
-    tasks.store_scores(settings, day, scores, accounts)
+    tasks.store_scores(settings, day, scores, accounts, fingerprint)
     return scores
 
 

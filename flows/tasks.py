@@ -3,28 +3,26 @@
 Tasks take the Settings object (not engines or clients) so every run is reproducible from
 its parameters; the engine is opened inside from the settings.
 
-Caching by inputs, where the work is expensive and its inputs can be named exactly:
+Caching by inputs, where the work is expensive and its inputs can be named exactly. The
+stages keep it in the warehouse (so the CLI, every worker and every Dask node share it),
+not in Prefect's result storage:
 
-* build-features: the stage itself reuses a day's stored features when the fingerprint of
-  every input row known that day is unchanged (``features.build.input_fingerprint``), so
-  the CLI gets it too;
-* score-partition: a Prefect cache key over the model version, the partition's features,
-  the previous health, the overrides, the settings and the scoring code.
+* build-features reuses a day's stored features when the fingerprint of every input row
+  known that day is unchanged (``features.build.input_fingerprint``);
+* find-stored-scores returns the day's stored scores when they were computed from the same
+  model, features, previous health, overrides, settings and code
+  (``models.score.scoring_fingerprint``): then no scoring partition runs.
 
-Everything else runs every time (``NO_CACHE``): it writes, reads the CRM, or is cheap. See
-docs/operations.md, "Retries and caching".
+Prefect's task cache is off (``NO_CACHE``) everywhere. See docs/operations.md, "Retries and
+caching".
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import inspect
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from functools import lru_cache
+from datetime import date, datetime
 
-import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -157,48 +155,18 @@ def prepare_scoring(settings: Settings, as_of: date) -> ScoringInputs:
     )
 
 
-def _frame_digest(frame: pd.DataFrame | pd.Series) -> str:
-    values = pd.util.hash_pandas_object(frame, index=True).to_numpy()
-    names = ",".join(map(str, frame.columns)) if isinstance(frame, pd.DataFrame) else str(frame.name)
-    return f"{names}:{len(values)}:{int(values.sum(dtype='uint64')):x}:{int(np.bitwise_xor.reduce(values)) if len(values) else 0:x}"
+@task(name="find-stored-scores", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def find_stored_scores(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs) -> tuple[str, pd.DataFrame | None]:
+    """The fingerprint of the day's scoring inputs, and the stored scores if they were
+    computed from exactly those inputs (then no partition needs to run)."""
+    fingerprint = score_stage.scoring_fingerprint(settings, as_of, features, inputs.loaded, inputs.previous_health, inputs.overrides)
+    stored = score_stage.stored_scores_if_current(get_engine(settings.warehouse), as_of, fingerprint, features["account_id"])
+    if stored is not None:
+        get_run_logger().info("scores as of %s: %d accounts reused, computed earlier from the same inputs", as_of, len(stored))
+    return fingerprint, stored
 
 
-def score_partition_cache_key(context: object, parameters: dict[str, object]) -> str:
-    """The cache key of a scoring partition: everything its scores are a function of.
-
-    The model (registry name, version and training run), the partition's feature rows, the
-    health 7 and 30 days back, the active overrides, the settings and the scoring code.
-    ``scored_at`` is left out: a hit returns the scores as they were computed.
-    """
-    settings, as_of = parameters["settings"], parameters["as_of"]
-    features, inputs = parameters["features"], parameters["inputs"]
-    assert isinstance(settings, Settings) and isinstance(inputs, ScoringInputs) and isinstance(features, pd.DataFrame)
-    digest = hashlib.sha256()
-    for part in (
-        _scoring_code_version(), str(as_of), settings.model_dump_json(),
-        f"{inputs.loaded.name}:{inputs.loaded.version}:{inputs.loaded.run_id}",
-        _frame_digest(features), _frame_digest(inputs.overrides),
-        *[f"{days}:{_frame_digest(series)}" for days, series in sorted(inputs.previous_health.items())],
-    ):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return f"score-partition-{digest.hexdigest()}"
-
-
-@lru_cache(maxsize=1)
-def _scoring_code_version() -> str:
-    import models.churn_model
-    import models.explain
-    import models.fast_shap
-
-    modules = (score_stage, models.explain, models.fast_shap, models.churn_model, outreach)
-    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:16]
-
-
-# Cached by its inputs (score_partition_cache_key): re-running a day whose features, model,
-# history and overrides are unchanged (a re-run after a CRM failure, a repeated backfill)
-# returns the stored result instead of explaining every account again.
-@task(name="score-partition", cache_key_fn=score_partition_cache_key, cache_expiration=timedelta(days=14), persist_result=True)
+@task(name="score-partition", cache_policy=NO_CACHE)
 def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs) -> pd.DataFrame:
     """Compute (not store) the scores of one partition of the accounts: pure, no warehouse access.
 
@@ -215,8 +183,9 @@ def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inp
 
 
 @task(name="store-scores", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
-def store_scores(settings: Settings, as_of: date, scores: pd.DataFrame, accounts: list[str] | None = None) -> int:
-    stored = score_stage.store_scores(get_engine(settings.warehouse), scores, as_of, accounts=accounts)
+def store_scores(settings: Settings, as_of: date, scores: pd.DataFrame, accounts: list[str] | None = None,
+                 fingerprint: str | None = None) -> int:
+    stored = score_stage.store_scores(get_engine(settings.warehouse), scores, as_of, accounts=accounts, fingerprint=fingerprint)
     score_stage.log_scores(scores, as_of)
     get_run_logger().info("stored %d scores as of %s (%s)", stored, as_of, "every account" if accounts is None else f"{len(accounts)} requested accounts")
     return stored

@@ -4,20 +4,24 @@ Scores are appended to the ``account_scores`` history; re-scoring a day replaces
 day's rows and never touches other days. Re-scoring a subset of accounts replaces only
 their rows. Computing (:func:`compute_scores`, pure) and storing (:func:`store_scores`)
 are separate so the flow can score stable-hash partitions (:func:`partition_of`)
-concurrently and store once.
+concurrently and store once. A day re-scored from exactly the same inputs (same
+:func:`scoring_fingerprint`) reuses its stored rows instead of explaining every account again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import sys
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES
+from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES, SCORE_BUILDS
 from churnflow.settings import Settings
 from churnflow.warehouse import _insert_frame, ensure_table, read_sql, replace_rows, table_exists
 from features.build import materialize_features
@@ -198,16 +202,76 @@ def merge_partitions(parts: list[pd.DataFrame], account_order: pd.Series | None 
     return scores
 
 
-def store_scores(engine: sa.Engine, scores: pd.DataFrame, as_of: date, *, accounts: list[str] | None = None) -> int:
+def _frame_digest(frame: pd.DataFrame | pd.Series) -> str:
+    values = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    names = ",".join(map(str, frame.columns)) if isinstance(frame, pd.DataFrame) else str(frame.name)
+    return f"{names}:{len(values)}:{int(values.sum(dtype='uint64')):x}:{int(np.bitwise_xor.reduce(values)) if len(values) else 0:x}"
+
+
+@lru_cache(maxsize=1)
+def _scoring_code_version() -> str:
+    import churnflow.outreach
+    import models.churn_model
+    import models.explain
+    import models.fast_shap
+
+    modules = (sys.modules[__name__], models.explain, models.fast_shap, models.churn_model, churnflow.outreach)
+    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:16]
+
+
+def scoring_fingerprint(
+    settings: Settings, as_of: date, features: pd.DataFrame, loaded: LoadedModel,
+    previous_health: dict[int, pd.Series], overrides: pd.DataFrame,
+) -> str:
+    """Everything a day's scores are a function of: the model (registry name, version and
+    training run), the feature rows, the health 7 and 30 days back, the active overrides,
+    the settings and the scoring code. Not when they are computed."""
+    digest = hashlib.sha256()
+    for part in (
+        _scoring_code_version(), str(as_of), settings.model_dump_json(), f"{loaded.name}:{loaded.version}:{loaded.run_id}",
+        _frame_digest(features.reset_index(drop=True)), _frame_digest(overrides.reset_index(drop=True)),
+        *[f"{days}:{_frame_digest(series)}" for days, series in sorted(previous_health.items())],
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def stored_scores_if_current(engine: sa.Engine, as_of: date, fingerprint: str, account_order: pd.Series) -> pd.DataFrame | None:
+    """The day's stored scores, in ``account_order``, if they were computed from exactly the
+    inputs ``fingerprint`` names and are all still there; else None."""
+    if not table_exists(engine, SCORE_BUILDS.name) or not table_exists(engine, SCORES_TABLE):
+        return None
+    day = datetime(as_of.year, as_of.month, as_of.day)
+    record = read_sql(engine, "SELECT input_fingerprint, scored_rows FROM score_builds WHERE as_of_date = :d", {"d": as_of})
+    if record.empty or record.loc[0, "input_fingerprint"] != fingerprint or int(record.loc[0, "scored_rows"]) != len(account_order):
+        return None
+    stored = read_sql(engine, f"SELECT * FROM {SCORES_TABLE} WHERE as_of_date = :d", {"d": day})
+    if len(stored) != len(account_order) or set(stored["account_id"]) != set(account_order):
+        return None
+    return merge_partitions([stored[ACCOUNT_SCORES.column_names]], account_order)
+
+
+def store_scores(engine: sa.Engine, scores: pd.DataFrame, as_of: date, *, accounts: list[str] | None = None,
+                 fingerprint: str | None = None) -> int:
     """Replace the day's stored rows by ``scores``, in one transaction.
 
-    ``accounts=None`` replaces every row of the day. With ``accounts``, only the rows of
-    those accounts (and of any account in ``scores``) are deleted, by bound parameters in
-    batches; other accounts' rows of the day stay as they were. Returns rows inserted.
+    ``accounts=None`` replaces every row of the day, and records ``fingerprint`` (the
+    inputs they were computed from) so an identical re-run can reuse them. With
+    ``accounts``, only the rows of those accounts (and of any account in ``scores``) are
+    deleted, by bound parameters in batches; other accounts' rows of the day stay as they
+    were, and the day's record is dropped. Returns rows inserted.
     """
     day = datetime(as_of.year, as_of.month, as_of.day)
+    builds = SCORE_BUILDS.name
+    record = pd.DataFrame({"as_of_date": [pd.Timestamp(as_of)], "input_fingerprint": [fingerprint or ""],
+                           "scored_rows": [len(scores)], "scored_at": [pd.Timestamp(datetime.now())]})
+    replace_rows(engine, builds, record.iloc[:0], where={"as_of_date": as_of})  # stale until the rows are in
     if accounts is None:
-        return replace_rows(engine, SCORES_TABLE, scores, where={"as_of_date": day})
+        written = replace_rows(engine, SCORES_TABLE, scores, where={"as_of_date": day})
+        if fingerprint:
+            replace_rows(engine, builds, record, where={"as_of_date": as_of})
+        return written
     ids = sorted({str(a) for a in accounts} | {str(a) for a in scores["account_id"]})
     created = ensure_table(engine, SCORES_TABLE, scores)
     table = sa.table(SCORES_TABLE, *[sa.column(c) for c in created.columns.keys()])
@@ -243,13 +307,20 @@ def score_accounts(
     """
     loaded = loaded or load_model(settings)
     features = load_features(engine, as_of) if features is None else features
+    health, overrides, fingerprint = previous_health(engine, as_of), active_overrides(engine, as_of), None
     if accounts is not None:
         wanted = {str(a) for a in accounts}
         features = features[features["account_id"].astype(str).isin(wanted)]
         missing = len(wanted) - len(features)
         if missing:
             log.info("%d of the %d requested accounts have no features as of %s (not active): nothing to score", missing, len(wanted), as_of)
-    scores = compute_scores(engine, settings, as_of, features, loaded)
-    store_scores(engine, scores, as_of, accounts=accounts)
+    else:
+        fingerprint = scoring_fingerprint(settings, as_of, features, loaded, health, overrides)
+        reused = stored_scores_if_current(engine, as_of, fingerprint, features["account_id"])
+        if reused is not None:
+            log.info("scores as of %s: %d accounts, reused (computed from the same inputs)", as_of, len(reused))
+            return reused
+    scores = compute_scores(engine, settings, as_of, features, loaded, health, overrides=overrides)
+    store_scores(engine, scores, as_of, accounts=accounts, fingerprint=fingerprint)
     log_scores(scores, as_of)
     return scores
