@@ -7,7 +7,6 @@ idempotent for its partition (re-running a day replaces that day's rows).
 
 from __future__ import annotations
 
-import atexit
 import io
 import logging
 from collections.abc import Mapping
@@ -30,27 +29,15 @@ def get_engine(url: str) -> sa.Engine:
         from pathlib import Path
 
         Path(url.removeprefix("duckdb:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, future=True)
-    _ENGINES.append(engine)
-    return engine
-
-
-_ENGINES: list[sa.Engine] = []
-
-
-@atexit.register
-def _dispose_engines() -> None:
-    """Close pooled connections cleanly before the interpreter tears the drivers down."""
-    for engine in _ENGINES:
-        engine.dispose()
+    return sa.create_engine(url, future=True)
 
 
 def dialect(engine: sa.Engine) -> str:
     return engine.dialect.name
 
 
-def table_exists(engine: sa.Engine, name: str) -> bool:
-    return sa.inspect(engine).has_table(name)
+def table_exists(bind: sa.Engine | sa.Connection, name: str) -> bool:
+    return sa.inspect(bind).has_table(name)
 
 
 def read_sql(engine: sa.Engine, sql: str | sa.TextClause | sa.Select, params: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -12,18 +12,16 @@ the ratios, trends and categories from the aggregates.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
-import sys
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from churnflow import schema
+from churnflow.fingerprint import source_version
 from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
 from features.catalogue import BY_NAME, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
 from features.rollups import RollupReport, refresh_survey_text, refresh_usage_rollups
@@ -279,15 +277,8 @@ _FINGERPRINTED: dict[str, tuple[list[str], str]] = {
 }
 
 
-@lru_cache(maxsize=1)
-def _builder_code_version() -> str:
-    """A hash of the code that computes features: a changed builder never reuses old features."""
-    import features.catalogue
-    import features.rollups
-    import features.text
-
-    modules = (sys.modules[__name__], features.catalogue, features.rollups, features.text)
-    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:16]
+# The code a day's features are a function of (part of their fingerprint).
+BUILDER_MODULES = ("features.build", "features.catalogue", "features.rollups", "features.text")
 
 
 def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
@@ -298,7 +289,7 @@ def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
     call it after :func:`refresh_derived`. Any changed value changes the fingerprint.
     """
     params = bounds(as_of)
-    parts = [FEATURE_SET_VERSION, _builder_code_version(), as_of.isoformat()]
+    parts = [FEATURE_SET_VERSION, source_version(*BUILDER_MODULES), as_of.isoformat()]
     for table, (columns, condition) in _FINGERPRINTED.items():
         sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM "{table}" WHERE {condition}'
         row = read_sql(engine, sql, params).iloc[0]

@@ -26,7 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from churnflow import schema
-from churnflow.warehouse import content_hash_sql, ensure_table, insert_frame, read_sql
+from churnflow.warehouse import content_hash_sql, ensure_table, insert_frame, read_sql, table_exists
 from features.text import TOPICS, sentiment, topic_flags
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ def _ensure(engine: sa.Engine, *specs: schema.TableSpec) -> None:
         ensure_table(engine, spec.name, pd.DataFrame(columns=spec.column_names))
 
 
-def _has_rows_table(conn: sa.Connection, name: str) -> bool:
-    return sa.inspect(conn).has_table(name)
-
-
 def record_usage_write(conn: sa.Connection, frame: pd.DataFrame, *, whole_table: bool) -> None:
     """Mark the days a write to ``usage`` touched as dirty, inside the write's transaction.
 
@@ -67,7 +63,7 @@ def record_usage_write(conn: sa.Connection, frame: pd.DataFrame, *, whole_table:
     """
     if whole_table:
         for name in (schema.USAGE_ROLLUP_DAYS.name, schema.USAGE_INGEST_DAYS.name):
-            if _has_rows_table(conn, name):
+            if table_exists(conn, name):
                 conn.execute(sa.text(f'DELETE FROM "{name}"'))
         return
     if frame.empty:
@@ -78,7 +74,7 @@ def record_usage_write(conn: sa.Connection, frame: pd.DataFrame, *, whole_table:
 def _mark_dirty(conn: sa.Connection, days: list[date]) -> None:
     state = sa.table(schema.USAGE_ROLLUP_DAYS.name, *[sa.column(c) for c in schema.USAGE_ROLLUP_DAYS.column_names])
     ingest = sa.table(schema.USAGE_INGEST_DAYS.name, sa.column("activity_date"))
-    has_state, has_ingest = _has_rows_table(conn, state.name), _has_rows_table(conn, ingest.name)
+    has_state, has_ingest = table_exists(conn, state.name), table_exists(conn, ingest.name)
     for start in range(0, len(days), 500):
         batch = days[start:start + 500]
         if has_state:  # without a state the next refresh rolls every day anyway

@@ -11,19 +11,17 @@ concurrently and store once. A day re-scored from exactly the same inputs (same
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
-import sys
 from datetime import date, datetime, timedelta
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow.fingerprint import frame_digest, source_version
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES, SCORE_BUILDS
 from churnflow.settings import Settings
-from churnflow.warehouse import _insert_frame, ensure_table, read_sql, replace_rows, table_exists
+from churnflow.warehouse import ensure_table, insert_frame, read_sql, replace_rows, table_exists
 from features.build import materialize_features
 from models.explain import contributions, drivers, family_scores
 from models.registry import LoadedModel, load_model
@@ -202,21 +200,8 @@ def merge_partitions(parts: list[pd.DataFrame], account_order: pd.Series | None 
     return scores
 
 
-def _frame_digest(frame: pd.DataFrame | pd.Series) -> str:
-    values = pd.util.hash_pandas_object(frame, index=True).to_numpy()
-    names = ",".join(map(str, frame.columns)) if isinstance(frame, pd.DataFrame) else str(frame.name)
-    return f"{names}:{len(values)}:{int(values.sum(dtype='uint64')):x}:{int(np.bitwise_xor.reduce(values)) if len(values) else 0:x}"
-
-
-@lru_cache(maxsize=1)
-def _scoring_code_version() -> str:
-    import churnflow.outreach
-    import models.churn_model
-    import models.explain
-    import models.fast_shap
-
-    modules = (sys.modules[__name__], models.explain, models.fast_shap, models.churn_model, churnflow.outreach)
-    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:16]
+# The code a day's scores are a function of (part of their fingerprint).
+SCORING_MODULES = ("models.score", "models.explain", "models.fast_shap", "models.churn_model", "churnflow.outreach")
 
 
 def scoring_fingerprint(
@@ -228,9 +213,9 @@ def scoring_fingerprint(
     the settings and the scoring code. Not when they are computed."""
     digest = hashlib.sha256()
     for part in (
-        _scoring_code_version(), str(as_of), settings.model_dump_json(), f"{loaded.name}:{loaded.version}:{loaded.run_id}",
-        _frame_digest(features.reset_index(drop=True)), _frame_digest(overrides.reset_index(drop=True)),
-        *[f"{days}:{_frame_digest(series)}" for days, series in sorted(previous_health.items())],
+        source_version(*SCORING_MODULES), str(as_of), settings.model_dump_json(), f"{loaded.name}:{loaded.version}:{loaded.run_id}",
+        frame_digest(features.reset_index(drop=True)), frame_digest(overrides.reset_index(drop=True)),
+        *[f"{days}:{frame_digest(series)}" for days, series in sorted(previous_health.items())],
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -273,14 +258,13 @@ def store_scores(engine: sa.Engine, scores: pd.DataFrame, as_of: date, *, accoun
             replace_rows(engine, builds, record, where={"as_of_date": as_of})
         return written
     ids = sorted({str(a) for a in accounts} | {str(a) for a in scores["account_id"]})
-    created = ensure_table(engine, SCORES_TABLE, scores)
-    table = sa.table(SCORES_TABLE, *[sa.column(c) for c in created.columns.keys()])
+    ensure_table(engine, SCORES_TABLE, scores)
     delete = sa.text(f"DELETE FROM {SCORES_TABLE} WHERE as_of_date = :d AND account_id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
     with engine.begin() as conn:
         for start in range(0, len(ids), DELETE_BATCH):
             conn.execute(delete, {"d": day, "ids": ids[start : start + DELETE_BATCH]})
         if len(scores):
-            _insert_frame(conn, table, scores)
+            insert_frame(conn, SCORES_TABLE, scores)
     return len(scores)
 
 

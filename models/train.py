@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
-from features.build import as_model_frame, build_features
+from features.build import as_model_frame, build_features, refresh_derived
 from features.catalogue import FEATURE_NAMES, FEATURE_SET_VERSION
 from features.labels import data_window, label_snapshots, load_subscriptions, training_dates
 from models.churn_model import ChurnModel, PlattCalibrator
@@ -81,7 +81,8 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
         subs, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until,
         lead_days=settings.label_lead_days,
     )
-    features = pd.concat([build_features(engine, d) for d in used], ignore_index=True)
+    refresh_derived(engine, min(used))  # once: every snapshot below reads the same rollups
+    features = pd.concat([build_features(engine, d, refresh=False) for d in used], ignore_index=True)
     frame = features.merge(labels[["as_of_date", "account_id", "churned"]], on=["as_of_date", "account_id"], how="inner")
     log.info("training set: %d rows over %d snapshots, churn rate %.3f", len(frame), len(used), frame["churned"].mean())
     return TrainingSet(frame, fit, calibration, holdout, observed_until)

@@ -31,6 +31,19 @@ WEBHOOK_SECRET = "T000-hook-secret-4f9c"
 SMTP_PASSWORD = "smtp-pass-8d1e"
 
 
+def set_failure_channels(monkeypatch: pytest.MonkeyPatch, webhook_port: int, smtp_port: int, recipients: list[str],
+                         security: str | None = None) -> None:
+    """Point churnflow's failure notifications at a webhook and an SMTP relay on loopback, with login."""
+    monkeypatch.setenv("CHURNFLOW_NOTIFY_WEBHOOK_URL", f"http://127.0.0.1:{webhook_port}/hooks/{WEBHOOK_SECRET}")
+    monkeypatch.setenv("CHURNFLOW_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("CHURNFLOW_SMTP_PORT", str(smtp_port))
+    if security is not None:
+        monkeypatch.setenv("CHURNFLOW_SMTP_SECURITY", security)
+    monkeypatch.setenv("CHURNFLOW_SMTP_USERNAME", "ops")
+    monkeypatch.setenv("CHURNFLOW_SMTP_PASSWORD", SMTP_PASSWORD)
+    monkeypatch.setenv("CHURNFLOW_NOTIFY_RECIPIENTS", json.dumps(recipients))
+
+
 class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict] = []
@@ -71,13 +84,7 @@ def receivers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     smtp_port = free_port()
     smtp = Controller(Mailbox(), hostname="127.0.0.1", port=smtp_port, authenticator=authenticator, auth_require_tls=False)
     smtp.start()
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_WEBHOOK_URL", f"http://127.0.0.1:{http.server_address[1]}/hooks/{WEBHOOK_SECRET}")
-    monkeypatch.setenv("CHURNFLOW_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("CHURNFLOW_SMTP_PORT", str(smtp_port))
-    monkeypatch.setenv("CHURNFLOW_SMTP_SECURITY", "none")
-    monkeypatch.setenv("CHURNFLOW_SMTP_USERNAME", "ops")
-    monkeypatch.setenv("CHURNFLOW_SMTP_PASSWORD", SMTP_PASSWORD)
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_RECIPIENTS", '["oncall@example.com", "cs-lead@example.com"]')
+    set_failure_channels(monkeypatch, http.server_address[1], smtp_port, ["oncall@example.com", "cs-lead@example.com"], security="none")
     try:
         yield got
     finally:

@@ -8,7 +8,7 @@ import email.policy
 
 import pytest
 
-from tests.flows.conftest import SMTP_PASSWORD, WEBHOOK_SECRET, Receiver
+from tests.flows.conftest import SMTP_PASSWORD, WEBHOOK_SECRET, Receiver, set_failure_channels
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
@@ -63,12 +63,7 @@ def test_unreachable_channels_do_not_leak_secrets(prefect_server: None, monkeypa
     from flows.notify import FAILURE_HOOKS
 
     dead = free_port()  # nothing listens here
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_WEBHOOK_URL", f"http://127.0.0.1:{dead}/hooks/{WEBHOOK_SECRET}")
-    monkeypatch.setenv("CHURNFLOW_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("CHURNFLOW_SMTP_PORT", str(dead))
-    monkeypatch.setenv("CHURNFLOW_NOTIFY_RECIPIENTS", '["oncall@example.com"]')
-    monkeypatch.setenv("CHURNFLOW_SMTP_USERNAME", "ops")
-    monkeypatch.setenv("CHURNFLOW_SMTP_PASSWORD", SMTP_PASSWORD)
+    set_failure_channels(monkeypatch, dead, dead, ["oncall@example.com"])
 
     @flow(name="doomed-quietly", **FAILURE_HOOKS)
     def doomed() -> None:
