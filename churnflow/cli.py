@@ -275,9 +275,15 @@ def daily_cmd(
 ) -> None:
     """Run the daily Prefect flow (features, score, outreach, CRM sync) once."""
     from flows.pipeline import daily_flow
+    from flows.runtime import PrefectStartupError, temporary_server_guard
 
     _quiet_library_logs()
-    console.print_json(json.dumps(daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run), default=str))
+    try:
+        with temporary_server_guard():
+            result = daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run)
+    except PrefectStartupError as exc:
+        _fail(str(exc))
+    console.print_json(json.dumps(result, default=str))
 
 
 @app.command("demo")
@@ -289,13 +295,16 @@ def demo_cmd(
     """Generate a demo book and run the whole pipeline end to end (as Prefect flows)."""
     from crm_sync.client import local_crm
     from flows.pipeline import demo_flow
+    from flows.runtime import PrefectStartupError, temporary_server_guard
 
     settings = _settings()
     _quiet_library_logs()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = datetime.now()
-    with local_crm(settings) if settings.crm == "local" else nullcontext():
-        result = demo_flow(accounts=accounts, days=days, seed=seed)
+    try:
+        with temporary_server_guard(), local_crm(settings) if settings.crm == "local" else nullcontext():
+            result = demo_flow(accounts=accounts, days=days, seed=seed)
+    except PrefectStartupError as exc:
+        _fail(str(exc))
     elapsed = (datetime.now() - started).total_seconds()
     _print_counts("demo book", result["book"])
     trained = result["train"]
@@ -377,6 +386,12 @@ def docs_cmd(out: Annotated[Path, typer.Option(help="Docs folder.")] = Path("doc
         console.print(f"wrote {out / name}")
 
 
+def _fail(message: str, code: int = 1) -> None:
+    """One clear line on stderr and a non-zero exit: what a user sees for an expected failure."""
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
 def _print_counts(title: str, counts: dict[str, int]) -> None:
     table = Table(title=title)
     table.add_column("table")
@@ -385,3 +400,7 @@ def _print_counts(title: str, counts: dict[str, int]) -> None:
         table.add_row(name, f"{rows:,}")
     console.print(table)
 
+
+
+if __name__ == "__main__":
+    app()
