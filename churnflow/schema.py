@@ -50,10 +50,13 @@ class TableSpec:
         return [c.name for c in self.columns]
 
     def sa_table(self, metadata: sa.MetaData) -> sa.Table:
+        """The table with its key as a primary key, so the database itself refuses a second copy."""
+        key = (sa.PrimaryKeyConstraint(*self.key, name=f"pk_{self.name}"),) if self.key else ()
         return sa.Table(
             self.name,
             metadata,
-            *[sa.Column(c.name, _SA_TYPES[c.kind], nullable=not c.required) for c in self.columns],
+            *[sa.Column(c.name, _SA_TYPES[c.kind], nullable=not c.required and c.name not in self.key) for c in self.columns],
+            *key,
         )
 
 
@@ -146,6 +149,7 @@ TRUTH = TableSpec(
         Column("period_start", "date", "First day of the month."),
         Column("hazard", "float", "True probability that the account churns in this month, given it is a customer at its start."),
     ),
+    key=("account_id", "period_start"),
 )
 
 ACCOUNT_SCORES = TableSpec(
@@ -211,6 +215,7 @@ BAND_OVERRIDES = TableSpec(
         Column("expires_on", "date", "First day the override no longer applies."),
         Column("created_at", "timestamp", "When it was set."),
     ),
+    key=("account_id", "created_at"),
 )
 
 OUTPUTS: dict[str, TableSpec] = {t.name: t for t in (ACCOUNT_SCORES, OUTREACH_TASKS, BAND_OVERRIDES)}
@@ -243,6 +248,7 @@ USAGE_ACCOUNT_DAILY = TableSpec(
         Column("errors", "int", "Sum of errors."),
         Column("source_rows", "int", "Raw usage rows rolled into this row."),
     ),
+    key=("account_id", "activity_date"),
     indexes=(("activity_date",),),
 )
 

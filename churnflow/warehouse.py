@@ -22,14 +22,63 @@ from churnflow.schema import DECLARED
 log = logging.getLogger(__name__)
 
 
+LOCK_WAIT_SECONDS = 600.0
+"""How long a process waits for a DuckDB warehouse file another process holds (one writer per file)."""
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse problem a user can act on (locked file, a key the data breaks); the message says what."""
+
+
 @lru_cache(maxsize=8)
-def get_engine(url: str) -> sa.Engine:
-    """One engine per URL per process (DuckDB allows one writer process per file)."""
+def get_engine(url: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> sa.Engine:
+    """One engine per URL per process.
+
+    DuckDB allows one process per file: a second run for the same warehouse (two dailies at
+    once, say) waits for the first to finish instead of failing, and says so; after
+    ``lock_wait_seconds`` it fails with one clear message naming the holder.
+    """
+    engine = sa.create_engine(url, future=True)
     if url.startswith("duckdb:///"):
         from pathlib import Path
 
-        Path(url.removeprefix("duckdb:///")).parent.mkdir(parents=True, exist_ok=True)
-    return sa.create_engine(url, future=True)
+        path = Path(url.removeprefix("duckdb:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sa.event.listen(engine, "do_connect", _wait_for_duckdb_lock(path, lock_wait_seconds))
+    return engine
+
+
+def _wait_for_duckdb_lock(path: object, wait_seconds: float):
+    import time
+
+    def connect(dialect, conn_rec, cargs, cparams):  # noqa: ANN001 - SQLAlchemy event signature
+        deadline = time.monotonic() + wait_seconds
+        delay, told = 0.2, False
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except Exception as exc:  # noqa: BLE001 - duckdb.IOException, wrapped or not
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WarehouseError(
+                        f"the warehouse {path} is locked by another process ({_lock_holder(exc)}); "
+                        f"waited {wait_seconds:.0f} s. Let that run finish, or stop it, and try again."
+                    ) from None
+                if not told:
+                    log.warning("warehouse %s is in use by another process (%s): waiting for it", path, _lock_holder(exc))
+                    told = True
+                time.sleep(delay)
+                delay = min(delay * 1.5, 2.0)
+
+    return connect
+
+
+def _lock_holder(exc: Exception) -> str:
+    import re
+
+    found = re.search(r"PID (\d+)", str(exc))
+    return f"PID {found.group(1)}" if found else "another churnflow run"
 
 
 def dialect(engine: sa.Engine) -> str:
@@ -102,17 +151,57 @@ def _sa_type(series: pd.Series) -> sa.types.TypeEngine:
 
 
 def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
-    """Create ``name`` if missing: canonical tables from their spec, others from the frame's dtypes."""
+    """Create ``name`` if missing: declared tables from their spec (with their key), others from
+    the frame's dtypes. A declared table created before its key was enforced gets the key now."""
     metadata = sa.MetaData()
     if name in DECLARED:
         table = DECLARED[name].sa_table(metadata)
     else:
         table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns])
+    existed = table_exists(engine, name)
     table.create(engine, checkfirst=True)
+    if existed and name in DECLARED and DECLARED[name].key:
+        _ensure_key(engine, name, DECLARED[name].key)
     if engine.dialect.name == "postgresql" and name in DECLARED:
         for cols in DECLARED[name].indexes:
             sa.Index(f"ix_{name}_{'_'.join(cols)}", *[table.c[c] for c in cols]).create(engine, checkfirst=True)
     return table
+
+
+_KEYED: set[tuple[str, str]] = set()
+
+
+def _ensure_key(engine: sa.Engine, name: str, key: tuple[str, ...]) -> None:
+    """Add the declared primary key to a table an older churnflow created without one (once per process)."""
+    marker = (str(engine.url), name)
+    if marker in _KEYED:
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "duckdb":
+            has_key = conn.execute(sa.text("SELECT COUNT(*) FROM duckdb_constraints() WHERE table_name = :t AND constraint_type = 'PRIMARY KEY'"),
+                                   {"t": name}).scalar()
+        else:
+            has_key = conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.table_constraints WHERE table_name = :t "
+                                           "AND constraint_type = 'PRIMARY KEY' AND table_schema = current_schema()"), {"t": name}).scalar()
+        if not has_key:
+            cols = ", ".join(f'"{c}"' for c in key)
+            dupes = conn.execute(sa.text(f'SELECT COUNT(*) FROM (SELECT {cols} FROM "{name}" GROUP BY {cols} HAVING COUNT(*) > 1) AS d')).scalar()
+            if dupes:
+                raise WarehouseError(
+                    f"table '{name}' holds {dupes} duplicated key(s) ({', '.join(key)}), written before churnflow enforced its key; "
+                    f"remove the extra copies (e.g. re-run the stage for the affected days after deleting them) and run again"
+                )
+            conn.execute(sa.text(f'ALTER TABLE "{name}" ADD PRIMARY KEY ({cols})'))
+            log.info("table %s: primary key (%s) added", name, ", ".join(key))
+    _KEYED.add(marker)
+
+
+def serialize_writes(conn: sa.Connection, name: str) -> None:
+    """Serialize writers of one table until the transaction ends (PostgreSQL advisory lock):
+    two runs of a stage for the same day then replace each other's rows instead of both
+    inserting. DuckDB needs none: one process holds the file (see :func:`get_engine`)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"churnflow:{name}"})
 
 
 def replace_rows(
@@ -132,6 +221,7 @@ def replace_rows(
     # A lightweight table clause: no reflection (duckdb-engine cannot reflect constraints).
     table = sa.table(name, *[sa.column(c) for c in created.columns.keys()])
     with engine.begin() as conn:
+        serialize_writes(conn, name)
         if replace_all:
             conn.execute(table.delete())
         elif where:
