@@ -386,9 +386,15 @@ def docs_cmd(out: Annotated[Path, typer.Option(help="Docs folder.")] = Path("doc
         console.print(f"wrote {out / name}")
 
 
+def _error_line(message: str) -> None:
+    err = Console(stderr=True)
+    err.print("[bold red]error:[/bold red] ", end="")
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int = 1) -> None:
-    """One clear line on stderr and a non-zero exit: what a user sees for an expected failure."""
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    """One clear message on stderr and a non-zero exit: what a user sees for an expected failure."""
+    _error_line(message)
     raise typer.Exit(code)
 
 
@@ -402,5 +408,38 @@ def _print_counts(title: str, counts: dict[str, int]) -> None:
 
 
 
+def main() -> None:
+    """The console entry point: expected failures are one clear line and exit code 1."""
+    import sqlalchemy as sa
+
+    from churnflow.errors import ChurnflowError
+
+    try:
+        app()
+    except ChurnflowError as exc:
+        _error_line(str(exc))
+        raise SystemExit(1) from None
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["unknown error"])[0]
+        _error_line(f"cannot use the warehouse: {first}")
+        raise SystemExit(1) from None
+    except sa.exc.ProgrammingError as exc:
+        missing = _missing_table(exc)
+        if missing is None:
+            raise
+        _error_line(f"the warehouse has no table '{missing}' yet: load your data first (`churnflow ingest --mapping <file>`, "
+                    f"or a demo book with `churnflow demo-data`), then run the stages in order (see `churnflow --help`)")
+        raise SystemExit(1) from None
+
+
+def _missing_table(exc: Exception) -> str | None:
+    """The table a failed statement named as missing (DuckDB and PostgreSQL wordings), if that was the failure."""
+    import re
+
+    text = str(getattr(exc, "orig", None) or exc)
+    found = re.search(r'Table with name "?([\w.]+)"? does not exist|relation "([\w.]+)" does not exist', text)
+    return (found.group(1) or found.group(2)) if found else None
+
+
 if __name__ == "__main__":
-    app()
+    main()

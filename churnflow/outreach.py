@@ -26,6 +26,7 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from churnflow.errors import ChurnflowError
 from churnflow.schema import OUTREACH_TASKS
 from churnflow.warehouse import read_sql, replace_rows, table_exists
 from features.catalogue import BY_NAME
@@ -171,15 +172,25 @@ class PlaybookBook(BaseModel):
         return self
 
 
-class PlaybookError(ValueError):
-    pass
+class PlaybookError(ChurnflowError, ValueError):
+    """A playbooks file that cannot be used; the message names the file, playbook and key."""
 
 
 def load_playbooks(path: Path | None = None) -> PlaybookBook:
     """Parse and validate a playbooks file (YAML, safe loader); errors name the playbook and key."""
     source = str(path) if path else "churnflow/playbooks.yaml (default)"
-    text = path.read_text(encoding="utf-8") if path else resources.files("churnflow").joinpath("playbooks.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    try:
+        text = path.read_text(encoding="utf-8") if path else resources.files("churnflow").joinpath("playbooks.yaml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlaybookError(f"{source}: cannot read the playbooks file: {exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PlaybookError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise PlaybookError(f"{source}: expected a mapping with a 'playbooks:' list, got {type(data).__name__}")
     try:
         return PlaybookBook.model_validate(data)
     except ValidationError as exc:

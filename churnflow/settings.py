@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # -- where things live -------------------------------------------------------------
     home: Path = Field(Path(".churnflow"), description="Directory for the embedded warehouse, MLflow store, CRM state and outputs.")
     warehouse_url: str | None = Field(None, description="SQLAlchemy URL of the warehouse. Default: DuckDB file <home>/warehouse.duckdb. PostgreSQL: postgresql+psycopg://user@host:5432/db.")
+    warehouse_lock_wait_seconds: float = Field(600.0, ge=0, description="DuckDB: how long a run waits for a warehouse file another process is using (one process per file) before failing with a clear message.")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI. Default: sqlite:///<home>/mlflow.db.")
     mlflow_experiment: str = Field("churnflow", description="MLflow experiment that holds training runs.")
     model_name: str = Field("churnflow-churn", description="Registered model name in the MLflow registry.")

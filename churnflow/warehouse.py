@@ -17,27 +17,27 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow.errors import ChurnflowError
 from churnflow.schema import DECLARED
 
 log = logging.getLogger(__name__)
 
 
-LOCK_WAIT_SECONDS = 600.0
-"""How long a process waits for a DuckDB warehouse file another process holds (one writer per file)."""
-
-
-class WarehouseError(RuntimeError):
+class WarehouseError(ChurnflowError):
     """A warehouse problem a user can act on (locked file, a key the data breaks); the message says what."""
 
 
 @lru_cache(maxsize=8)
-def get_engine(url: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> sa.Engine:
+def get_engine(url: str) -> sa.Engine:
     """One engine per URL per process.
 
     DuckDB allows one process per file: a second run for the same warehouse (two dailies at
-    once, say) waits for the first to finish instead of failing, and says so; after
-    ``lock_wait_seconds`` it fails with one clear message naming the holder.
+    once, say) waits for the first to finish instead of failing, and says so; after the
+    ``warehouse_lock_wait_seconds`` setting it fails with one clear message naming the holder.
     """
+    from churnflow.settings import get_settings
+
+    lock_wait_seconds = get_settings().warehouse_lock_wait_seconds
     engine = sa.create_engine(url, future=True)
     if url.startswith("duckdb:///"):
         from pathlib import Path

@@ -17,6 +17,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from churnflow.errors import UnknownAccountError
 from churnflow.settings import Settings
 from flows import tasks
 from flows.notify import FAILURE_HOOKS
@@ -76,7 +77,15 @@ def daily_flow(as_of: date | None = None, dry_run: bool = False, accounts: list[
     day = tasks.resolve_as_of(settings, as_of)
     features = tasks.build_features(settings, day)
     if accounts is not None:
-        features = features[features["account_id"].astype(str).isin({str(a) for a in accounts})].reset_index(drop=True)
+        wanted = {str(a) for a in accounts}
+        active = set(features["account_id"].astype(str))
+        unknown = sorted(wanted - active)
+        if unknown:
+            get_run_logger().warning("%d requested account(s) are unknown or not active as of %s, skipped: %s",
+                                     len(unknown), day, ", ".join(unknown[:50]))
+        if not wanted & active:
+            raise UnknownAccountError(f"none of the requested accounts is active as of {day}: {', '.join(unknown[:50])}")
+        features = features[features["account_id"].astype(str).isin(wanted)].reset_index(drop=True)
     scores = score_in_partitions(settings, day, features, accounts)
     new_tasks = tasks.decide_outreach(settings, day, scores, features)
     sync = tasks.sync_crm(settings, day, dry_run, accounts)

@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from churnflow.errors import ChurnflowError
+
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 180
 _STARTUP_FAILURE = "attempting to connect to ephemeral Prefect API server"
 
 
-class PrefectStartupError(RuntimeError):
+class PrefectStartupError(ChurnflowError):
     """Prefect's temporary server did not start; the message says what to do."""
 
 

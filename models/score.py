@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow.errors import InvalidValueError, UnknownAccountError
 from churnflow.fingerprint import frame_digest, source_version
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES, SCORE_BUILDS
 from churnflow.settings import Settings
@@ -95,12 +96,12 @@ def apply_overrides(scores: pd.DataFrame, overrides: pd.DataFrame) -> pd.DataFra
 def set_override(engine: sa.Engine, account_id: str, band: str, *, reason: str, set_by: str, expires_on: date) -> None:
     """Pin an account's band until ``expires_on`` (a CSM knows something the model does not)."""
     if band not in BANDS:
-        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
+        raise InvalidValueError(f"--band must be one of {', '.join(BANDS)}, got {band!r}")
     if not reason.strip():
-        raise ValueError("an override needs a reason")
+        raise InvalidValueError("an override needs a reason (--reason)")
     known = read_sql(engine, "SELECT COUNT(*) AS n FROM accounts WHERE account_id = :a", {"a": account_id}).loc[0, "n"]
     if not known:
-        raise LookupError(f"table 'accounts' has no account_id {account_id!r}")
+        raise UnknownAccountError(f"table 'accounts' has no account_id {account_id!r}")
     row = pd.DataFrame([{
         "account_id": account_id, "band": band, "reason": reason.strip(), "set_by": set_by,
         "expires_on": pd.Timestamp(expires_on), "created_at": pd.Timestamp(datetime.now().replace(microsecond=0)),
