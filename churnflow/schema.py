@@ -310,11 +310,53 @@ SCORE_BUILDS = TableSpec(
     key=("as_of_date",),
 )
 
+# -- added by the ingest package: optional canonical source, attributes and the ingest manifest
+
+CHURN_EVENTS = TableSpec(
+    "churn_events",
+    "Optional: churn as the customer's source of truth records it (used when the mapping says churn.source: churn_events).",
+    (
+        Column("account_id", "str", "The account that churned."),
+        Column("churn_date", "date", "The day the account churned."),
+        Column("reason", "str", "Why, as recorded.", required=False),
+        Column("reactivated_at", "date", "When the account came back, if it did.", required=False),
+    ),
+    key=("account_id", "churn_date"),
+)
+
+ACCOUNT_ATTRIBUTES = TableSpec(
+    "account_attributes",
+    "Extra account / subscription columns declared under `attributes:` in the mapping, one row per value (written by ingest).",
+    (
+        Column("account_id", "str", "The account."),
+        Column("subscription_id", "str", "The subscription, for attributes read from subscriptions.", required=False),
+        Column("name", "str", "The attribute's name in the mapping."),
+        Column("value_number", "float", "The value of a number attribute.", required=False),
+        Column("value_text", "str", "The value of a category attribute.", required=False),
+    ),
+    key=("account_id", "subscription_id", "name"),
+)
+
+INGEST_MANIFEST = TableSpec(
+    "ingest_manifest",
+    "One row per ingest run: what the mapping declared (absent tables, churn source, attributes, usage event types).",
+    (
+        Column("run_id", "str", "The ingest run."),
+        Column("run_date", "date", "The run date (rows stamped after it were rejected)."),
+        Column("started_at", "timestamp", "When the run started."),
+        Column("finished_at", "timestamp", "When its load committed; empty for a run that failed or died.", required=False),
+        Column("mapping", "str", "Path of the mapping file."),
+        Column("config", "str", "JSON: absent, churn_source, attributes, usage_event_types."),
+    ),
+    key=("run_id",),
+)
+
 DERIVED: dict[str, TableSpec] = {
-    t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS, SCORE_BUILDS)
+    t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS, SCORE_BUILDS,
+                        ACCOUNT_ATTRIBUTES, INGEST_MANIFEST)
 }
 
-CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS)}
+CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS, CHURN_EVENTS)}
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}
 DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS, **DERIVED}
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -101,7 +102,7 @@ def _sa_type(series: pd.Series) -> sa.types.TypeEngine:
     return sa.String()
 
 
-def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
+def ensure_table(engine: sa.Engine | sa.Connection, name: str, frame: pd.DataFrame) -> sa.Table:
     """Create ``name`` if missing: canonical tables from their spec, others from the frame's dtypes."""
     metadata = sa.MetaData()
     if name in DECLARED:
@@ -115,8 +116,19 @@ def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
     return table
 
 
+@contextmanager
+def transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A connection in a transaction: a new one committed at the end for an engine, or the
+    caller's own connection (and transaction) as is, so several writes can commit together."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
+
+
 def replace_rows(
-    engine: sa.Engine,
+    engine: sa.Engine | sa.Connection,
     name: str,
     frame: pd.DataFrame,
     where: Mapping[str, Any] | None = None,
@@ -126,12 +138,13 @@ def replace_rows(
     """Delete the rows matching ``where`` (or all rows) and insert ``frame``, in one transaction.
 
     This is how every stage writes: a re-run for the same partition replaces, never
-    duplicates. Returns the number of rows inserted.
+    duplicates. Returns the number of rows inserted. Given a connection, the write joins
+    the caller's transaction (ingest commits all its tables at once).
     """
     created = ensure_table(engine, name, frame)
     # A lightweight table clause: no reflection (duckdb-engine cannot reflect constraints).
     table = sa.table(name, *[sa.column(c) for c in created.columns.keys()])
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         if replace_all:
             conn.execute(table.delete())
         elif where:
