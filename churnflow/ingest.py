@@ -1516,3 +1516,127 @@ def _failure_message(report: IngestReport) -> str:
         "ingest failed, nothing was loaded:\n  " + "\n  ".join(lines)
         + f"\nThe rejected rows are in the '{QUARANTINE_TABLE}' table (run_id {report.run_id})."
     )
+
+
+# ============================================================================ docs/mapping.md
+
+
+def _type_text(annotation: Any) -> str:
+    text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
+    text = re.sub(r"\btyping\.", "", text)
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    text = re.sub(r"\b(?:churnflow\.ingest\.)", "", text)
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)
+    return text.replace("NoneType", "None")
+
+
+def _default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        value = info.default_factory()
+        if isinstance(value, BaseModel):
+            return f"`{json.dumps(value.model_dump())}`"
+        return f"`{json.dumps(value)}`" if value != [] and value != {} else "empty"
+    return f"`{json.dumps(info.default)}`" if info.default is not None else "-"
+
+
+def _fields_table(model: type[BaseModel]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        meaning = (info.description or "").replace("|", "\\|").replace("\n", " ")
+        kind = _type_text(info.annotation).replace("|", "\\|")
+        lines.append(f"| `{name}` | `{kind}` | {_default_text(info)} | {meaning} |")
+    return lines + [""]
+
+
+def mapping_markdown() -> str:
+    """The text of docs/mapping.md, generated from the mapping models' Field descriptions:
+    the page can never list a key the parser does not accept, or miss one it does."""
+    lines = [
+        "# The mapping file",
+        "",
+        "Generated from the mapping models in `churnflow/ingest.py` by `churnflow docs`; do not edit by hand.",
+        "",
+        "A mapping file (YAML) tells `churnflow validate` and `churnflow ingest` where each canonical table",
+        "([data model](data-model.md)) comes from and how your columns and values map onto it. It is read",
+        "with a safe YAML loader and validated strictly: an unknown key is an error naming the file and the key.",
+        "See the README section \"Bring your own data\" for a walk-through and `examples/foreign_export/sources.yaml`",
+        "for a complete example.",
+        "",
+        "```yaml",
+        "version: 1",
+        "options: {dayfirst: true, thousands: ','}",
+        "max_bad_share: 0.05",
+        "churn: {source: churn_events}          # default: coverage (derived from subscriptions)",
+        "tables:",
+        "  accounts:",
+        "    file: customers.csv",
+        "    columns: {account_id: CustomerID, name: Company, segment: Tier, created_at: Since}",
+        "    ignore_columns: [closedat_legacy]",
+        "  surveys: absent                      # you have no surveys",
+        "  tickets:",
+        "    file: tickets.csv",
+        "    allow_empty: true",
+        "    recode: {priority: {medium: normal, p1: urgent}}",
+        "  churn_events:",
+        "    file: customers.csv",
+        "    columns: {account_id: CustomerID, churn_date: CancelledOn}",
+        "    keep_rows: {Status: [churned, cancelled]}",
+        "attributes:",
+        "  acquisition_channel: {table: accounts, column: Channel, kind: category, sentence: \"Acquired through {value}\"}",
+        "  age_years: {table: accounts, column: Age, kind: number, risk_when: lower, sentence: \"Account holder is {value:.0f} years old\"}",
+        "usage_event_types: [like, dislike, add_friend]",
+        "```",
+        "",
+        "## Top level",
+        "",
+        *_fields_table(MappingFile),
+        "## Tables (`tables.<canonical table>`)",
+        "",
+        "Each canonical table takes exactly one source (`file`, `table` or `query`), or is declared `absent`.",
+        "Tables not listed are left as they are in the warehouse. Every file is also staged raw into",
+        "`staging_<table>` so a `query:` can join it.",
+        "",
+        *_fields_table(TableSource),
+        "## Options (`options:`, `tables.<name>.options:`, `staging.<name>.options:`)",
+        "",
+        *_fields_table(Options),
+        "Dates: ISO 8601 (offsets converted to UTC), DD/MM/YYYY or MM/DD/YYYY (separators `/ . -`, optional time),",
+        "or epoch seconds. When `dayfirst` is not declared and a date column holds values like `03/11/2026` that",
+        "read both ways, the run is refused with the file, column, row and value; when some value proves the",
+        "order (`30/11/2026`), it is used and the report's notes say so. ISO and slash dates may mix in one column.",
+        "",
+        "## Staging (`staging.<name>`)",
+        "",
+        *_fields_table(StagingSource),
+        "## Churn (`churn:`)",
+        "",
+        *_fields_table(ChurnSection),
+        "With `churn_events`, map `tables.churn_events` (account_id, churn_date, optional reason and",
+        "reactivated_at), often from the customers export with `keep_rows` selecting the churned statuses.",
+        "",
+        "## Attributes (`attributes.<name>`)",
+        "",
+        "Extra columns of the accounts or subscriptions source that become model features. Values are",
+        "written to the `account_attributes` table (one row per account, or subscription, and attribute);",
+        "the declaration is recorded in the `ingest_manifest` table for features and training.",
+        "",
+        *_fields_table(AttributeEntry),
+        "## What the run checks and reports",
+        "",
+        "- A mapped source column that does not exist is an error. An unmapped source column whose name looks",
+        "  like a canonical column nothing maps (`closedat`, `Closed_At`, `closed at` for `closed_at`) is a warning;",
+        "  map it or list it under `ignore_columns`.",
+        "- `recode` runs before the contract checks: values still outside an enumeration are quarantined with the",
+        "  allowed values in the reason. Rows left out by `keep_rows` are counted as skipped, not quarantined.",
+        "- When the setting `sf_account_match_field` is `Id` (the default), `accounts.crm_account_id` values that are",
+        "  not Salesforce Account Ids (15 or 18 letters and digits, key prefix `001`, matching case-safe suffix) are",
+        "  cleared and recorded in `quarantine`; the account itself loads (its usage and tickets still count).",
+        "- A `query:` must be one SELECT (or WITH ... SELECT); anything else is refused before it runs, and",
+        "  queries run in a transaction that is rolled back.",
+        "- `ingest` commits every table, the quarantine, the attributes and the manifest in one transaction:",
+        "  a run that fails or dies leaves the previous load whole.",
+        "",
+    ]
+    return "\n".join(lines)
