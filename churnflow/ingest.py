@@ -1465,7 +1465,7 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
     manifest = manifest_for(model)
     ensure_table(engine, INGEST_MANIFEST.name, pd.DataFrame(columns=INGEST_MANIFEST.column_names))
     replace_rows(engine, INGEST_MANIFEST.name, pd.DataFrame([{
-        "run_id": run_id, "run_date": pd.Timestamp(run_date), "started_at": pd.Timestamp(now), "finished_at": pd.NaT,
+        "run_id": run_id, "run_date": pd.Timestamp(run_date), "started_at": pd.Timestamp(datetime.now()), "finished_at": pd.NaT,
         "mapping": label, "config": json.dumps(manifest.to_config(), sort_keys=True),
     }]), where={"run_id": run_id})
     if not report.ok:  # quarantine explains the failure; no canonical table changes
@@ -1498,7 +1498,7 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
             replace_rows(conn, ACCOUNT_ATTRIBUTES.name, coerce(rows if rows is not None else pd.DataFrame(columns=ACCOUNT_ATTRIBUTES.column_names),
                                                                ACCOUNT_ATTRIBUTES), replace_all=True)
         m = sa.table(INGEST_MANIFEST.name, sa.column("run_id"), sa.column("finished_at"))
-        conn.execute(m.update().where(m.c.run_id == run_id).values(finished_at=datetime.now().replace(microsecond=0)))
+        conn.execute(m.update().where(m.c.run_id == run_id).values(finished_at=datetime.now()))
     log.info("ingest %s: %s", run_id, {t.table: (t.rows_loaded, t.rows_quarantined) for t in report.tables})
     return report
 
