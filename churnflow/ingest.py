@@ -1491,6 +1491,7 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
                 t.rows_loaded = len(good)
             else:
                 t.rows_loaded = replace_rows(conn, p.table, good, replace_all=True)
+            log.info("ingest %s: %s written (%d rows), not committed yet", run_id, p.table, t.rows_loaded)
         for name, q in quarantine.items():
             replace_rows(conn, QUARANTINE_TABLE, q if len(q) else contracts.empty_quarantine(), where={"table_name": name})
         if model.attributes or table_exists(conn, ACCOUNT_ATTRIBUTES.name):
