@@ -2,9 +2,11 @@
 
 A mapping file (YAML, read with ``yaml.safe_load`` and validated with pydantic) says where
 each canonical table's rows come from -- a warehouse ``table:``, a ``query:`` in the
-warehouse's own dialect, or ``file:`` CSV/Parquet path(s) -- and how source columns map to
-canonical ones. See ``examples/foreign_export/sources.yaml`` and the README section
-"Bring your own data".
+warehouse's own dialect, or ``file:`` CSV/Parquet path(s) -- or that it is ``absent``, and
+how source columns and values map to canonical ones (``columns``, ``constants``,
+``defaults``, ``recode``, ``keep_rows``), plus ``churn:``, ``attributes:`` and
+``usage_event_types:``. Every key is documented in docs/mapping.md, generated from the
+models below by :func:`mapping_markdown`.
 
 A run, for :func:`ingest` and :func:`validate` alike:
 
@@ -12,13 +14,19 @@ A run, for :func:`ingest` and :func:`validate` alike:
    missing columns): any problem fails fast with the file named, before anything is written;
 2. files are staged raw (text columns, original header names, plus ``_source_file`` and
    ``_source_row``) into ``staging_<name>`` tables, so ``query:`` sources can join them;
-3. each canonical table (accounts first) is read, mapped, coerced to the canonical kinds
-   (values that do not parse are rejected, not guessed) and checked against its contract
-   (:mod:`churnflow.contracts`);
+   queries must be one SELECT and run in a transaction that is rolled back;
+3. each canonical table (accounts first) is read, filtered by ``keep_rows``, mapped, recoded,
+   coerced to the canonical kinds (values that do not parse are rejected, not guessed; a date
+   column whose day/month order is ambiguous is refused) and checked against its contract
+   (:mod:`churnflow.contracts`) and by checks other stages registered
+   (:func:`register_table_check`); unmapped source columns that look like canonical ones
+   are reported as warnings;
 4. if any table's bad share exceeds ``max_bad_share`` the run fails (:class:`ContractError`)
-   and *no* canonical table is loaded; otherwise each mapped table's content is replaced by
-   its good rows (a full load: re-running never duplicates) and its rejects replace that
-   table's rows in ``quarantine``.
+   and *no* canonical table is loaded; otherwise, in ONE transaction, each mapped table's
+   content is replaced by its good rows (a full load: re-running never duplicates), tables
+   declared absent are dropped, rejects replace that table's rows in ``quarantine``,
+   attribute values go to ``account_attributes`` and the run's declarations are marked
+   finished in ``ingest_manifest`` (read by :mod:`churnflow.manifest`).
 
 :func:`validate` stops after step 3 (it writes only the staging tables).
 """
