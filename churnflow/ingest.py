@@ -849,6 +849,8 @@ def _column_options(values: pd.Series, col: Column, opts: Options, raw: RawSourc
     """
     if col.kind not in ("date", "timestamp") or opts.dayfirst is not None or opts.date_format:
         return opts
+    if pd.api.types.is_datetime64_any_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return opts  # native datetimes and epoch numbers have no day/month order
     try:
         dayfirst, row = slash_date_order(values)
     except AmbiguousDates as exc:
@@ -1228,6 +1230,10 @@ def _short(text: str, width: int) -> str:
 TableCheck = Callable[[pd.DataFrame], list[str]]
 _TABLE_CHECKS: dict[str, list[TableCheck]] = {}
 
+TABLE_CHECK_MODULES: tuple[str, ...] = ("features.labels",)
+"""Modules imported before a run so the checks they register at import time are in place
+(``validate`` from the CLI imports nothing else of theirs). Add yours here."""
+
 
 def register_table_check(table_name: str, fn: TableCheck) -> None:
     """Have ``fn`` look at every ingest/validate of ``table_name``: it receives the coerced
@@ -1241,6 +1247,13 @@ def register_table_check(table_name: str, fn: TableCheck) -> None:
     key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", repr(fn)))
     checks = [f for f in _TABLE_CHECKS.get(table_name, []) if (getattr(f, "__module__", None), getattr(f, "__qualname__", repr(f))) != key]
     _TABLE_CHECKS[table_name] = [*checks, fn]
+
+
+def _import_check_modules() -> None:
+    import importlib
+
+    for module in TABLE_CHECK_MODULES:
+        importlib.import_module(module)
 
 
 def _run_table_checks(name: str, good: pd.DataFrame) -> list[str]:
@@ -1376,6 +1389,7 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
          crm_id_field: str = "Id") -> IngestReport:
     mapping = load_mapping(mapping_src)
     model = mapping.model
+    _import_check_modules()
     run_date = run_date or date.today()
     now = datetime.now().replace(microsecond=0)
     run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -1571,7 +1585,9 @@ def mapping_markdown() -> str:
         "([data model](data-model.md)) comes from and how your columns and values map onto it. It is read",
         "with a safe YAML loader and validated strictly: an unknown key is an error naming the file and the key.",
         "See the README section \"Bring your own data\" for a walk-through and `examples/foreign_export/sources.yaml`",
-        "for a complete example.",
+        "for a complete example. Each ingest records what its mapping declares (absent tables, churn source,",
+        "attributes, usage event types) in the `ingest_manifest` table; the newest finished run's declarations",
+        "are the ones features and training use, so a mapping states all of them every time.",
         "",
         "```yaml",
         "version: 1",
