@@ -87,9 +87,9 @@ def _run_ingest(mapping: Path, run_date: datetime | None, max_bad_share: float |
         report = action(_engine(settings), mapping, run_date.date() if run_date else None, max_bad_share=max_bad_share,
                         crm_id_field=settings.sf_account_match_field)
     except IngestError as exc:
-        console.print(str(exc), style="bold red", markup=False, highlight=False)
+        console.print(str(exc), style="bold red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(report.describe(), markup=False, highlight=False)
+    console.print(report.describe(), markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
