@@ -443,3 +443,32 @@ def test_cli_validate_prints_warnings_and_notes(tmp_path: Path, monkeypatch: pyt
     result = CliRunner().invoke(app, ["ingest", "--mapping", str(tmp_path / "sources.yaml"), "--run-date", "2026-11-01"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "has dates that read both as DD/MM and MM/DD" in " ".join(result.output.split())
+
+
+# ============================================================================ the same writes on PostgreSQL
+
+
+def _absent_attributes_roundtrip(engine: sa.Engine, tmp_path: Path) -> None:
+    mapping = _base(tmp_path, surveys={"file": "surveys.csv", "columns": SURVEY_COLUMNS})
+    mapping["attributes"] = {"age_years": {"table": "accounts", "column": "Age", "kind": "number"}}
+    ingest(engine, _mapping_file(tmp_path, mapping), RUN_DATE)
+    ages = read_sql(engine, "SELECT account_id, value_number FROM account_attributes ORDER BY account_id")
+    assert ages.values.tolist() == [["A1", 34.0], ["A2", 51.0], ["A3", 29.0]]
+    assert available_tables(engine) == frozenset({"accounts", "tickets", "surveys"})
+
+    mapping["tables"]["surveys"] = "absent"
+    mapping.pop("attributes")
+    report = ingest(engine, _mapping_file(tmp_path, mapping), RUN_DATE)
+    assert not table_exists(engine, "surveys") and _count(engine, "account_attributes") == 0
+    assert read_manifest(engine) == DataManifest(absent=frozenset({"surveys"}))
+    assert read_manifest(engine).run_id == report.run_id
+    assert available_tables(engine) == frozenset({"accounts", "tickets"})
+
+
+def test_absent_tables_attributes_and_manifest_on_duckdb(tmp_path: Path) -> None:
+    _absent_attributes_roundtrip(_engine(tmp_path), tmp_path)
+
+
+@pytest.mark.postgres
+def test_absent_tables_attributes_and_manifest_on_postgresql(pg_engine: sa.Engine, tmp_path: Path) -> None:
+    _absent_attributes_roundtrip(pg_engine, tmp_path)
