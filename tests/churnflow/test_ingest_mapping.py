@@ -129,6 +129,16 @@ def test_an_empty_extract_loads_only_when_allowed(tmp_path: Path) -> None:
     assert ingest(engine, _mapping_file(tmp_path, allowed), RUN_DATE).ok
     assert _count(engine, "tickets") == 0
 
+    # usage too: the per-day load state is forgotten with the rows
+    _write(tmp_path / "usage.csv", "acct,at,what\nA1,2025-03-01 10:00,like\nA2,2025-03-02 10:00,share\n")
+    allowed["tables"]["usage"] = {"file": "usage.csv", "allow_empty": True,
+                                  "columns": {"account_id": "acct", "occurred_at": "at", "feature": "what"}}
+    ingest(engine, _mapping_file(tmp_path, allowed), RUN_DATE)
+    assert _count(engine, "usage") == 2 and _count(engine, "usage_ingest_days") == 2
+    _write(tmp_path / "usage.csv", "acct,at,what\n")
+    ingest(engine, _mapping_file(tmp_path, allowed), RUN_DATE)
+    assert _count(engine, "usage") == 0 and _count(engine, "usage_ingest_days") == 0
+
 
 # ============================================================================ recode, keep_rows, churn events
 
@@ -472,3 +482,14 @@ def test_absent_tables_attributes_and_manifest_on_duckdb(tmp_path: Path) -> None
 @pytest.mark.postgres
 def test_absent_tables_attributes_and_manifest_on_postgresql(pg_engine: sa.Engine, tmp_path: Path) -> None:
     _absent_attributes_roundtrip(pg_engine, tmp_path)
+
+
+def test_every_mapping_key_is_described_in_the_generated_page() -> None:
+    from churnflow.ingest import AttributeEntry, ChurnSection, MappingFile, Options, StagingSource, TableSource, mapping_markdown
+
+    page = mapping_markdown()
+    for model in (MappingFile, TableSource, StagingSource, Options, ChurnSection, AttributeEntry):
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description"
+            assert f"| `{name}` |" in page, f"{model.__name__}.{name} is missing from docs/mapping.md"
+    assert (Path(__file__).parents[2] / "docs" / "mapping.md").read_text(encoding="utf-8") == page
