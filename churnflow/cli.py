@@ -84,11 +84,12 @@ def _run_ingest(mapping: Path, run_date: datetime | None, max_bad_share: float |
     settings = _settings()
     action = ingest if load else validate
     try:
-        report = action(_engine(settings), mapping, run_date.date() if run_date else None, max_bad_share=max_bad_share)
+        report = action(_engine(settings), mapping, run_date.date() if run_date else None, max_bad_share=max_bad_share,
+                        crm_id_field=settings.sf_account_match_field)
     except IngestError as exc:
-        console.print(f"[bold red]{exc}[/bold red]")
+        console.print(str(exc), style="bold red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(report.describe())
+    console.print(report.describe(), markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -377,7 +378,7 @@ def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (defau
 
 @app.command("docs")
 def docs_cmd(out: Annotated[Path, typer.Option(help="Docs folder.")] = Path("docs")) -> None:
-    """Regenerate docs/data-model.md and docs/features.md from their declarations."""
+    """Regenerate docs/data-model.md, docs/features.md and docs/mapping.md from their declarations."""
     from churnflow.docs import generated_docs
 
     out.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,7 @@ ORDERED: dict[str, list[tuple[str, str, bool]]] = {
     # table: [(later column, earlier column, strict)] -- later > earlier (strict) or >=.
     "subscriptions": [("end_date", "start_date", True)],
     "tickets": [("closed_at", "opened_at", False)],
+    "churn_events": [("reactivated_at", "churn_date", False)],
 }
 
 REFERENCES: dict[str, str] = {
@@ -74,6 +75,7 @@ REFERENCES: dict[str, str] = {
     "usage": "account_id",
     "tickets": "account_id",
     "surveys": "account_id",
+    "churn_events": "account_id",
 }
 
 DEFAULT_MAX_BAD_SHARE = 0.05

@@ -1,9 +1,10 @@
-"""Docs generated from their single declarations (schema, labels, feature catalogue)."""
+"""Docs generated from their single declarations (schema, labels, feature catalogue, mapping models)."""
 
 from __future__ import annotations
 
 import inspect
 
+from churnflow.ingest import mapping_markdown
 from churnflow.schema import data_model_markdown
 from features import labels
 from features.catalogue import features_markdown
@@ -13,4 +14,4 @@ def generated_docs() -> dict[str, str]:
     """File name -> text, for docs/. A test checks the committed files match."""
     churn = inspect.cleandoc(labels.__doc__ or "")
     data_model = data_model_markdown() + "\n## Churn and labels\n\n" + churn.split("\n", 1)[1].strip() + "\n"
-    return {"data-model.md": data_model, "features.md": features_markdown() + "\n"}
+    return {"data-model.md": data_model, "features.md": features_markdown() + "\n", "mapping.md": mapping_markdown()}

@@ -2,9 +2,11 @@
 
 A mapping file (YAML, read with ``yaml.safe_load`` and validated with pydantic) says where
 each canonical table's rows come from -- a warehouse ``table:``, a ``query:`` in the
-warehouse's own dialect, or ``file:`` CSV/Parquet path(s) -- and how source columns map to
-canonical ones. See ``examples/foreign_export/sources.yaml`` and the README section
-"Bring your own data".
+warehouse's own dialect, or ``file:`` CSV/Parquet path(s) -- or that it is ``absent``, and
+how source columns and values map to canonical ones (``columns``, ``constants``,
+``defaults``, ``recode``, ``keep_rows``), plus ``churn:``, ``attributes:`` and
+``usage_event_types:``. Every key is documented in docs/mapping.md, generated from the
+models below by :func:`mapping_markdown`.
 
 A run, for :func:`ingest` and :func:`validate` alike:
 
@@ -12,24 +14,33 @@ A run, for :func:`ingest` and :func:`validate` alike:
    missing columns): any problem fails fast with the file named, before anything is written;
 2. files are staged raw (text columns, original header names, plus ``_source_file`` and
    ``_source_row``) into ``staging_<name>`` tables, so ``query:`` sources can join them;
-3. each canonical table (accounts first) is read, mapped, coerced to the canonical kinds
-   (values that do not parse are rejected, not guessed) and checked against its contract
-   (:mod:`churnflow.contracts`);
+   queries must be one SELECT and run in a transaction that is rolled back;
+3. each canonical table (accounts first) is read, filtered by ``keep_rows``, mapped, recoded,
+   coerced to the canonical kinds (values that do not parse are rejected, not guessed; a date
+   column whose day/month order is ambiguous is refused) and checked against its contract
+   (:mod:`churnflow.contracts`) and by checks other stages registered
+   (:func:`register_table_check`); unmapped source columns that look like canonical ones
+   are reported as warnings;
 4. if any table's bad share exceeds ``max_bad_share`` the run fails (:class:`ContractError`)
-   and *no* canonical table is loaded; otherwise each mapped table's content is replaced by
-   its good rows (a full load: re-running never duplicates) and its rejects replace that
-   table's rows in ``quarantine``.
+   and *no* canonical table is loaded; otherwise, in ONE transaction, each mapped table's
+   content is replaced by its good rows (a full load: re-running never duplicates), tables
+   declared absent are dropped, rejects replace that table's rows in ``quarantine``,
+   attribute values go to ``account_attributes`` and the run's declarations are marked
+   finished in ``ingest_manifest`` (read by :mod:`churnflow.manifest`).
 
 :func:`validate` stops after step 3 (it writes only the staging tables).
 """
 
 from __future__ import annotations
 
+import difflib
 import glob
 import io
+import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -42,10 +53,12 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from churnflow.errors import ChurnflowError
 from churnflow import contracts
 from churnflow.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
-from churnflow.schema import CANONICAL, Column, TableSpec, coerce
-from churnflow.warehouse import drop_tables, read_sql, replace_rows, table_exists
+from churnflow.manifest import AttributeSpec, DataManifest
+from churnflow.schema import ACCOUNT_ATTRIBUTES, CANONICAL, INGEST_MANIFEST, Column, TableSpec, coerce
+from churnflow.warehouse import drop_tables, ensure_table, read_sql, replace_rows, table_exists
 from features.rollups import replace_usage_by_day
 
 log = logging.getLogger(__name__)
@@ -59,12 +72,13 @@ TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0"})
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RUN_DATE_PARAM = re.compile(r"(?<![:\w]):run_date\b")
+_ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # ============================================================================ errors
 
 
-class IngestError(Exception):
+class IngestError(ChurnflowError):
     """Base class of ingest failures."""
 
 
@@ -74,6 +88,14 @@ class MappingError(IngestError):
 
 class SourceError(IngestError):
     """A structural problem with a source: fails fast, naming the file/table and what was expected."""
+
+
+class AmbiguousDateError(SourceError):
+    """A date column reads both as DD/MM and MM/DD and the mapping did not say which."""
+
+
+class QueryError(MappingError):
+    """A mapping ``query:`` is not one read-only SELECT."""
 
 
 class ContractError(IngestError):
@@ -88,28 +110,34 @@ class ContractError(IngestError):
 
 
 class Options(BaseModel):
-    """File-reading and value-parsing options (top level: defaults for every source)."""
+    """File-reading and value-parsing options: top-level ``options:`` are the defaults for
+    every source; a table or staging entry overrides them under its own ``options:``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter.")
-    encoding: str = Field("utf-8", description="Text encoding of CSV files (a UTF-8 BOM is accepted).")
-    quotechar: str = Field('"', min_length=1, max_length=1)
-    dayfirst: bool = Field(False, description="Slash dates are DD/MM/YYYY (default MM/DD/YYYY).")
-    date_format: str | None = Field(None, description="Explicit strptime format for every date/timestamp column, e.g. '%d.%m.%Y %H:%M'.")
-    epoch_unit: Literal["s", "ms"] = Field("s", description="Unit of all-digit (epoch) timestamps.")
-    decimal_comma: bool = Field(False, description="Numbers use a decimal comma ('1.234,50').")
-    thousands: str | None = Field(None, max_length=1, description="Thousands separator; default ',' ('.' with decimal_comma). Spaces are always accepted.")
-    null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULLS), description="Cell texts read as empty.")
-    true_values: list[str] = Field(default_factory=list, description="Extra words read as true.")
-    false_values: list[str] = Field(default_factory=list, description="Extra words read as false.")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter: `,` (default), `;`, `\\t` or `|`.")
+    encoding: str = Field("utf-8", description="Text encoding of CSV files, e.g. `latin-1` or `cp1252` for legacy exports (a UTF-8 BOM is accepted).")
+    quotechar: str = Field('"', min_length=1, max_length=1, description="Character that quotes CSV fields containing the delimiter or line breaks.")
+    dayfirst: bool | None = Field(
+        None,
+        description="Order of slash/dot/dash dates: `true` = DD/MM/YYYY, `false` = MM/DD/YYYY. Not declared (default): "
+        "the order is read from the column's own values when some prove it (a first part above 12 means day-first); "
+        "a column whose dates read both ways (03/11/2026) is refused until you declare it.",
+    )
+    date_format: str | None = Field(None, description="Explicit strptime format for every date/timestamp column of the source, e.g. `%d.%m.%Y %H:%M`; only if your dates are in none of the common formats.")
+    epoch_unit: Literal["s", "ms"] = Field("s", description="Unit of all-digit (epoch) timestamps: `s` seconds or `ms` milliseconds.")
+    decimal_comma: bool = Field(False, description="Numbers use a decimal comma (`1.234,50`).")
+    thousands: str | None = Field(None, max_length=1, description="Thousands separator; default `,` (`.` with decimal_comma). Spaces, apostrophes and a leading/trailing currency sign are always accepted.")
+    null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULLS), description="Cell texts read as empty (replaces the default list: " + ", ".join(repr(v) for v in DEFAULT_NULLS) + ").")
+    true_values: list[str] = Field(default_factory=list, description="Extra words read as true, besides true/t/yes/y/1 in any case.")
+    false_values: list[str] = Field(default_factory=list, description="Extra words read as false, besides false/f/no/n/0 in any case.")
 
 
 class _SourceBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    file: str | list[str] | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    file: str | list[str] | None = Field(None, description="CSV or Parquet path, glob or list of them, relative to the mapping file.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options for this source only (see Options), overriding the top-level ones.")
 
     def files(self) -> list[str]:
         return [] if self.file is None else [self.file] if isinstance(self.file, str) else list(self.file)
@@ -126,27 +154,88 @@ class StagingSource(_SourceBase):
 
 
 class TableSource(_SourceBase):
-    """Where one canonical table's rows come from."""
+    """Where one canonical table's rows come from, and how its columns and values map."""
 
-    table: str | None = None
-    query: str | None = None
-    columns: dict[str, str] = Field(default_factory=dict, description="canonical column <- source column")
-    constants: dict[str, Any] = Field(default_factory=dict, description="canonical column = this value for every row")
-    defaults: dict[str, Any] = Field(default_factory=dict, description="canonical column: value used where the source is empty")
-    max_bad_share: float | None = Field(None, ge=0, le=1)
+    absent: bool = Field(False, description="The source does not exist for you (`tables.surveys: absent` is short for this). "
+                         "Ingest drops a previously loaded copy and records the absence; features and training then do without it.")
+    table: str | None = Field(None, description="A table already in the warehouse, optionally schema-qualified.")
+    query: str | None = Field(None, description="One SELECT (or WITH ... SELECT) in the warehouse's dialect; `:run_date` is bound if used. "
+                              "It runs read-only: any other statement is refused.")
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical column: source column. Unlisted canonical columns match a source column of the same name.")
+    constants: dict[str, Any] = Field(default_factory=dict, description="canonical column: the value every row gets (the source is not read for it).")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="canonical column: the value used where the source is empty.")
+    recode: dict[str, dict[Any, Any]] = Field(default_factory=dict, description="canonical column: {source value: canonical value}. Matched after trimming, "
+                                              "ignoring case; unlisted values pass through to the contract checks (which quarantine values "
+                                              "outside an enumeration, naming the allowed ones).")
+    keep_rows: dict[str, list[Any]] = Field(default_factory=dict, description="source column: values to keep (trimmed, any case). Other rows are skipped "
+                                            "(counted as skipped, not quarantined), e.g. `{status: [churned, cancelled]}`.")
+    ignore_columns: list[str] = Field(default_factory=list, description="Source columns you leave unmapped on purpose: silences the "
+                                      "'looks like canonical ... but is not mapped' warning.")
+    allow_empty: bool = Field(False, description="Accept an empty extract (the table is loaded with 0 rows). By default an empty source is an "
+                              "error, because loading it would wipe the table.")
+    max_bad_share: float | None = Field(None, ge=0, le=1, description="This table fails the run when more than this share of its rows is bad (overrides the top level).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str) and data.strip().lower() == "absent":
+            return {"absent": True}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> "TableSource":
+        if self.absent:
+            extra = sorted(k for k in self.model_fields_set if k not in ("absent",))
+            if extra:
+                raise ValueError(f"an absent table takes no other keys (got {extra})")
+            return self
         given = [k for k in ("table", "query", "file") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of 'table', 'query' or 'file' (got {given or 'none'})")
+            raise ValueError(f"give exactly one of 'table', 'query' or 'file', or 'absent' (got {given or 'none'})")
         if self.table is not None and not all(_IDENT.match(p) for p in self.table.split(".")):
             raise ValueError(f"'table' must be a table name, optionally schema-qualified (letters, digits, _): {self.table!r}")
+        for col, values in self.keep_rows.items():
+            if not values:
+                raise ValueError(f"keep_rows.{col}: list at least one value to keep")
         return self
 
     @property
     def kind(self) -> str:
-        return "file" if self.file else "query" if self.query else "table"
+        return "absent" if self.absent else "file" if self.file else "query" if self.query else "table"
+
+
+class ChurnSection(BaseModel):
+    """Where churn comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["coverage", "churn_events"] = Field(
+        "coverage",
+        description="`coverage` (default): churn is derived from subscriptions (coverage ends and nothing renews within the grace period). "
+        "`churn_events`: churn is what your system of record says, loaded into the `churn_events` table.",
+    )
+
+
+class AttributeEntry(BaseModel):
+    """An extra account or subscription column used as a model feature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: Literal["accounts", "subscriptions"] = Field(description="The mapped table whose source holds the column: `accounts` or `subscriptions`.")
+    column: str = Field(min_length=1, description="The source column (as named in that table's file, query or table).")
+    kind: Literal["category", "number"] = Field(description="`category` (text values, learned as categories) or `number` (parsed like any number; a value that does not parse quarantines the row).")
+    risk_when: Literal["higher", "lower", "category"] | None = Field(
+        None, description="For numbers: `higher` (default) or `lower` values read as risk in explanations. Categories have no direction (`category`).")
+    sentence: str | None = Field(None, description="How an explanation says it, with `{value}` (format specs allowed, e.g. `{value:.0f}`). Checked with a sample value.")
+    description: str | None = Field(None, description="What the attribute means (shown in the feature docs).")
+
+    @model_validator(mode="after")
+    def _direction(self) -> "AttributeEntry":
+        if self.kind == "category" and self.risk_when not in (None, "category"):
+            raise ValueError("risk_when applies to number attributes; a category has no direction")
+        if self.kind == "number" and self.risk_when == "category":
+            raise ValueError("risk_when of a number is 'higher' or 'lower'")
+        return self
 
 
 class MappingFile(BaseModel):
@@ -154,11 +243,14 @@ class MappingFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1] = 1
-    options: dict[str, Any] = Field(default_factory=dict)
-    max_bad_share: float | None = Field(None, ge=0, le=1)
-    staging: dict[str, StagingSource] = Field(default_factory=dict)
-    tables: dict[str, TableSource]
+    version: Literal[1] = Field(1, description="Mapping format version: 1.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Default options for every source (see Options).")
+    max_bad_share: float | None = Field(None, ge=0, le=1, description=f"Fail the run when more than this share of a table's rows is bad (default {DEFAULT_MAX_BAD_SHARE}).")
+    staging: dict[str, StagingSource] = Field(default_factory=dict, description="name: a file loaded raw into `staging_<name>` for queries to join.")
+    tables: dict[str, TableSource] = Field(description="canonical table: its source (or `absent`). Tables not listed are left alone.")
+    churn: ChurnSection = Field(default_factory=ChurnSection, description="Where churn comes from (see Churn).")
+    attributes: dict[str, AttributeEntry] = Field(default_factory=dict, description="name: an extra account/subscription column used as a model feature (see Attributes).")
+    usage_event_types: list[str] | None = Field(None, description="Usage `feature` values that get their own usage features. Default: the most frequent types, learned at training.")
 
     @model_validator(mode="after")
     def _names(self) -> "MappingFile":
@@ -172,14 +264,49 @@ class MappingFile(BaseModel):
                 raise ValueError(f"staging.{name}: clashes with the staging table of tables.{name} (a file source)")
         for name, src in self.tables.items():
             known = set(CANONICAL[name].column_names)
-            for section in ("columns", "constants", "defaults"):
+            for section in ("columns", "constants", "defaults", "recode"):
                 for col in getattr(src, section):
                     if col not in known:
                         raise ValueError(f"tables.{name}.{section}.{col}: not a column of '{name}'; expected one of {sorted(known)}")
             both = set(src.constants) & (set(src.columns) | set(src.defaults))
             if both:
                 raise ValueError(f"tables.{name}.constants: {sorted(both)} also mapped under columns/defaults; a constant replaces the source")
+            recoded_constants = set(src.recode) & set(src.constants)
+            if recoded_constants:
+                raise ValueError(f"tables.{name}.recode: {sorted(recoded_constants)} are constants; recode applies to source values")
+        if "accounts" in self.tables and self.tables["accounts"].absent:
+            raise ValueError("tables.accounts: accounts cannot be absent (every other table refers to it)")
+        if self.churn.source == "churn_events" and "churn_events" in self.tables and self.tables["churn_events"].absent:
+            raise ValueError("churn.source: churn_events, but tables.churn_events is declared absent")
+        for attr, entry in self.attributes.items():
+            if not _ATTRIBUTE_NAME.match(attr):
+                raise ValueError(f"attributes.{attr}: attribute names are lower-case identifiers (a-z, 0-9, _), starting with a letter")
+            src = self.tables.get(entry.table)
+            if src is None or src.absent:
+                raise ValueError(f"attributes.{attr}.table: '{entry.table}' is not mapped under tables (attributes are read from a mapped source)")
+            sample: object = 1234.5 if entry.kind == "number" else "sample"
+            if entry.sentence is not None:
+                problem = _sentence_problem(entry.sentence, sample)
+                if problem:
+                    raise ValueError(f"attributes.{attr}.sentence: {problem}")
+        if self.usage_event_types is not None:
+            types = [str(t).strip() for t in self.usage_event_types]
+            if not types or any(not t for t in types) or len(set(types)) != len(types):
+                raise ValueError("usage_event_types: list distinct, non-empty event types (or leave it out to learn them)")
+            if "usage" in self.tables and self.tables["usage"].absent:
+                raise ValueError("usage_event_types: given, but tables.usage is declared absent")
         return self
+
+
+def _sentence_problem(sentence: str, sample: object) -> str | None:
+    """Why ``sentence`` cannot be formatted with ``value=sample`` (None when it can)."""
+    try:
+        sentence.format(value=sample)
+    except (KeyError, IndexError) as exc:
+        return f"unknown placeholder {exc}; use {{value}}"
+    except ValueError as exc:
+        return f"cannot format the sample value {sample!r}: {exc}"
+    return None
 
 
 @dataclass
@@ -311,13 +438,62 @@ def parse_bools(raw: pd.Series, opts: Options | None = None) -> tuple[pd.Series,
     return out, (s.notna() & out.isna()).to_numpy()
 
 
+_SLASH_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{4}")
+
+
+class AmbiguousDates(ValueError):
+    """Slash dates whose day/month order neither the options nor the values settle.
+
+    ``row``/``value``: a positional row with an ambiguous value (or, with ``conflict``, one
+    that proves day-first while ``conflict`` is a row that proves month-first).
+    """
+
+    def __init__(self, row: int, value: str, conflict: tuple[int, str] | None = None) -> None:
+        super().__init__(f"row {row}: {value!r} is ambiguous")
+        self.row, self.value, self.conflict = row, value, conflict
+
+
+def slash_date_order(raw: pd.Series) -> tuple[bool | None, int | None]:
+    """The day/month order of a column's slash/dot/dash dates, read from its own values.
+
+    Returns ``(dayfirst, row)``: True when some value's first part is above 12 (it can only
+    be a day), False when some second part is, with the positional row that proves it;
+    ``(None, None)`` when no value depends on the order (none, or only 05/05-like ones).
+    Raises :class:`AmbiguousDates` when values read both ways and nothing proves the order,
+    or when some values prove one order and others the other: a silent guess here would
+    shift every date by months.
+    """
+    s = _clean_text(raw.reset_index(drop=True))
+    parts = s.str.extract(_SLASH_DATE.pattern)
+    a = pd.to_numeric(parts[0], errors="coerce").to_numpy(dtype="float64")
+    b = pd.to_numeric(parts[1], errors="coerce").to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore"):
+        day_first = (a > 12) & (b <= 12)
+        month_first = (b > 12) & (a <= 12)
+        ambiguous = (a <= 12) & (b <= 12) & (a != b)
+    text = s.astype(object)
+    if day_first.any() and month_first.any():
+        i, j = int(np.flatnonzero(day_first)[0]), int(np.flatnonzero(month_first)[0])
+        raise AmbiguousDates(i, str(text.iloc[i]), conflict=(j, str(text.iloc[j])))
+    if day_first.any():
+        return True, int(np.flatnonzero(day_first)[0])
+    if month_first.any():
+        return False, int(np.flatnonzero(month_first)[0])
+    if ambiguous.any():
+        i = int(np.flatnonzero(ambiguous)[0])
+        raise AmbiguousDates(i, str(text.iloc[i]))
+    return None, None
+
+
 def parse_datetimes(raw: pd.Series, opts: Options | None = None, *, date_only: bool = False) -> tuple[pd.Series, np.ndarray]:
     """Parse dates/timestamps to naive UTC datetime64[ns].
 
     Accepted: ISO 8601 (with or without time, 'T' or space, offsets converted to UTC),
-    ``MM/DD/YYYY`` or with ``dayfirst`` ``DD/MM/YYYY`` (separators / . -, optional
-    ``HH:MM[:SS]``), epoch seconds (all digits; ``epoch_unit: ms`` for milliseconds), an
-    explicit ``date_format``, and native datetime/date values. Anything else is rejected.
+    ``MM/DD/YYYY`` or ``DD/MM/YYYY`` (separators / . -, optional ``HH:MM[:SS]``) in the order
+    ``dayfirst`` declares or, undeclared, the order the values prove
+    (:func:`slash_date_order`, which raises :class:`AmbiguousDates` when they prove none),
+    epoch seconds (all digits; ``epoch_unit: ms`` for milliseconds), an explicit
+    ``date_format``, and native datetime/date values. Anything else is rejected.
     """
     opts = opts or Options()
     n = len(raw)
@@ -359,7 +535,16 @@ def parse_datetimes(raw: pd.Series, opts: Options | None = None, *, date_only: b
             if dotted.any():  # 03.11.2026 / 03-11-2026 -> 03/11/2026
                 text = text.astype(object)
                 text[dotted] = text[dotted].str.replace(r"^(\d{1,2})[.\-](\d{1,2})[.\-]", r"\1/\2/", regex=True)
-            dm = "%d/%m/%Y" if opts.dayfirst else "%m/%d/%Y"
+            dayfirst = opts.dayfirst
+            if dayfirst is None:
+                try:
+                    proven, _ = slash_date_order(s[slash])
+                except AmbiguousDates as exc:  # rows of the slash subset -> rows of the column
+                    where = np.flatnonzero(slash.to_numpy())
+                    conflict = (int(where[exc.conflict[0]]), exc.conflict[1]) if exc.conflict else None
+                    raise AmbiguousDates(int(where[exc.row]), exc.value, conflict) from None
+                dayfirst = bool(proven)
+            dm = "%d/%m/%Y" if dayfirst else "%m/%d/%Y"
             parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
             for fmt in (f"{dm} %H:%M:%S", f"{dm} %H:%M", dm, f"{dm} %H:%M:%S.%f"):
                 todo = parsed.isna()
@@ -413,7 +598,8 @@ def _parse_reason(kind: str, opts: Options) -> str:
     if kind in ("date", "timestamp"):
         if opts.date_format:
             return f"not a {kind} in format {opts.date_format}"
-        return f"not a {kind} (expected ISO, {'DD/MM/YYYY' if opts.dayfirst else 'MM/DD/YYYY'} or epoch seconds)"
+        order = {True: "DD/MM/YYYY", False: "MM/DD/YYYY", None: "DD/MM/YYYY or MM/DD/YYYY"}[opts.dayfirst]
+        return f"not a {kind} (expected ISO, {order} or epoch seconds)"
     if kind == "int":
         return "not an integer"
     if kind == "float":
@@ -447,16 +633,22 @@ def _resolve_files(mapping: Mapping, patterns: list[str], where: str) -> list[Pa
     return paths
 
 
-def read_file(path: Path, opts: Options, expected: list[str] | None = None) -> pd.DataFrame:
+def read_file(path: Path, opts: Options, expected: list[str] | None = None, *, allow_empty: bool = False) -> pd.DataFrame:
     """Read one CSV/Parquet file with every structural check; all CSV values stay text.
 
     Adds ``_source_file`` (the file name) and ``_source_row`` (1-based data row: the first
-    row after the header is 1).
+    row after the header is 1). With ``allow_empty`` a blank file is an empty extract with
+    the expected columns (some exports write nothing at all for an empty result).
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc}") from None
+    if not data.strip() and allow_empty:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in expected or []})
+        frame[SOURCE_FILE_COL] = pd.Series(dtype=object)
+        frame[SOURCE_ROW_COL] = pd.Series(dtype=np.int64)
+        return frame
     if not data.strip():
         want = f" with columns {expected}" if expected else ""
         raise SourceError(f"{path}: the file is empty; expected a header line{want} and data rows")
@@ -516,9 +708,9 @@ def _expected_source_columns(src: TableSource, spec: TableSpec) -> list[str]:
     return list(dict.fromkeys(src.columns[c.name] for c in spec.columns if c.name in src.columns))
 
 
-def _read_files(mapping: Mapping, src: _SourceBase, opts: Options, where: str, expected: list[str] | None) -> RawSource:
+def _read_files(mapping: Mapping, src: _SourceBase, opts: Options, where: str, expected: list[str] | None, *, allow_empty: bool = False) -> RawSource:
     paths = _resolve_files(mapping, src.files(), where)
-    frames = [read_file(p, opts, expected) for p in paths]
+    frames = [read_file(p, opts, expected, allow_empty=allow_empty) for p in paths]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return RawSource(frame, ", ".join(p.name for p in paths), "file", paths)
 
@@ -532,14 +724,71 @@ def _stage(engine: sa.Engine, name: str, raw: RawSource) -> None:
     replace_rows(engine, table, raw.frame, replace_all=True)
 
 
+_WRITE_WORDS = (
+    "insert", "update", "delete", "merge", "upsert", "drop", "create", "alter", "truncate", "copy", "grant", "revoke",
+    "attach", "detach", "into", "returning", "call", "pragma", "install", "load", "vacuum", "export", "import", "checkpoint",
+)
+_WRITE_WORD = re.compile(r"\b(" + "|".join(_WRITE_WORDS) + r")\b", re.IGNORECASE)
+_SQL_NOISE = re.compile(
+    r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z_]*\$).*?\1",
+    re.DOTALL,
+)
+
+
+def check_read_only_query(sql: str) -> str | None:
+    """Why ``sql`` is not one read-only SELECT/WITH query (None when it is).
+
+    Checked on the text before anything runs, with comments, string literals and quoted
+    identifiers blanked out: one statement (a trailing ``;`` is fine), starting with SELECT
+    or WITH, and no data-changing keyword anywhere (a ``WITH x AS (DELETE ... RETURNING)``
+    or a ``SELECT ... INTO`` writes). A column named like one of those words must be quoted.
+    The query also runs in a transaction that is rolled back, for anything this misses.
+    """
+    text = _SQL_NOISE.sub(" ", sql).strip()
+    text = text.rstrip().rstrip(";").strip()
+    if not text:
+        return "the query is empty"
+    if ";" in text:
+        return "more than one statement (a ';' before the end)"
+    first = re.match(r"[\s(]*([A-Za-z]+)", text)
+    if not first or first.group(1).lower() not in ("select", "with"):
+        return f"it starts with {first.group(1).upper() if first else text[:20]!r}, not SELECT or WITH"
+    bad = _WRITE_WORD.search(text)
+    if bad:
+        return f"it contains {bad.group(1).upper()}, which changes data (quote a column named like that)"
+    return None
+
+
+def _read_only_query(engine: sa.Engine, sql: str, params: dict[str, Any]) -> pd.DataFrame:
+    """Run a source query in a transaction that is always rolled back."""
+    stmt = sa.text(sql)
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            if engine.dialect.name == "duckdb":
+                conn.exec_driver_sql("SELECT 1")  # the DB-API transaction is open from here
+                bound = stmt.bindparams(**params) if params else stmt
+                compiled = bound.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
+                values = compiled.construct_params()
+                positional = [values[name] for name in (compiled.positiontup or [])]
+                return conn.connection.driver_connection.execute(compiled.string, positional).df()
+            result = conn.execute(stmt, params)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        finally:
+            trans.rollback()
+
+
 def _read_warehouse(engine: sa.Engine, src: TableSource, run_date: date, where: str) -> RawSource:
     if src.query is not None:
-        stmt = sa.text(src.query)
+        problem = check_read_only_query(src.query)
+        if problem:
+            raise QueryError(f"{where}.query: only one read-only SELECT (or WITH ... SELECT) query is allowed: {problem}; nothing was run")
         params = {"run_date": datetime(run_date.year, run_date.month, run_date.day)} if _RUN_DATE_PARAM.search(src.query) else {}
         try:
-            frame = read_sql(engine, stmt, params)
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{where}: the query failed: {str(exc.orig if getattr(exc, 'orig', None) else exc).strip()}") from None
+            frame = _read_only_query(engine, src.query, params)
+        except Exception as exc:  # noqa: BLE001 - any driver error is the query's
+            orig = getattr(exc, "orig", None) or exc
+            raise SourceError(f"{where}: the query failed: {str(orig).strip()}") from None
         return RawSource(frame, "query", "query")
     assert src.table is not None
     schema_name, _, name = src.table.rpartition(".")
@@ -555,10 +804,13 @@ def _read_warehouse(engine: sa.Engine, src: TableSource, run_date: date, where: 
 @dataclass
 class PreparedTable:
     table: str
-    source: RawSource
-    frame: pd.DataFrame  # coerced, all rows, canonical columns
-    violations: pd.DataFrame  # row, field, value, reason
+    source: RawSource  # the rows kept by keep_rows (skipped rows are counted, not kept)
+    frame: pd.DataFrame  # coerced, all kept rows, canonical columns
+    violations: pd.DataFrame  # row, field, value, reason: each rejects its row
     good: np.ndarray  # bool mask
+    cleared: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=contracts.VIOLATION_COLUMNS))  # values emptied, row kept
+    skipped: int = 0  # rows keep_rows left out
+    attributes: dict[str, pd.Series] = field(default_factory=dict)  # attribute name -> parsed values per row
 
     @property
     def rows_read(self) -> int:
@@ -569,8 +821,66 @@ class PreparedTable:
         return int((~self.good).sum())
 
 
-def map_columns(raw: RawSource, src: TableSource, spec: TableSpec, opts: Options, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Map, coerce and default one source frame; returns (typed frame, parse violations)."""
+def _source_location(raw: RawSource, row: int) -> str:
+    """'file.csv row 12' (1-based data row) for a positional row of a source frame."""
+    frame = raw.frame
+    file = str(frame[SOURCE_FILE_COL].iloc[row]) if SOURCE_FILE_COL in frame.columns else raw.label
+    number = frame[SOURCE_ROW_COL].iloc[row] if SOURCE_ROW_COL in frame.columns else row + 1
+    return f"{file} row {int(number) if pd.notna(number) else row + 1}"
+
+
+def _recode(values: pd.Series, table: dict[Any, Any]) -> pd.Series:
+    """Replace source values found in ``table`` (trimmed, any case); others pass through."""
+    lookup = {str(k).strip().lower(): v for k, v in table.items()}
+    key = values.astype(object).map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().lower())
+    hit = key.isin(list(lookup)).to_numpy()
+    if not hit.any():
+        return values
+    out = values.astype(object).copy()
+    out[hit] = key[hit].map(lookup).to_numpy(dtype=object)
+    return out
+
+
+def _column_options(values: pd.Series, col: Column, opts: Options, raw: RawSource, source_col: str, where: str,
+                    notes: list[str] | None) -> Options:
+    """The options a date column parses with: the declared order, else the one its values prove.
+
+    A column whose dates read both ways is refused (one message with an example and the fix)
+    rather than guessed: a wrong guess shifts dates by months without a single parse error.
+    """
+    if col.kind not in ("date", "timestamp") or opts.dayfirst is not None or opts.date_format:
+        return opts
+    if pd.api.types.is_datetime64_any_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return opts  # native datetimes and epoch numbers have no day/month order
+    try:
+        dayfirst, row = slash_date_order(values)
+    except AmbiguousDates as exc:
+        fix = "declare `dayfirst: true` (DD/MM/YYYY) or `dayfirst: false` (MM/DD/YYYY) under options (or the table's options), or give `date_format`"
+        if exc.conflict:
+            raise AmbiguousDateError(
+                f"{where} ({raw.label}): column '{source_col}' ({col.name}) mixes day-first dates ({_source_location(raw, exc.row)}: "
+                f"{exc.value!r}) and month-first dates ({_source_location(raw, exc.conflict[0])}: {exc.conflict[1]!r}); {fix} "
+                "and the dates in the other order will be quarantined"
+            ) from None
+        raise AmbiguousDateError(
+            f"{where} ({raw.label}): column '{source_col}' ({col.name}) has dates that read both as DD/MM and MM/DD, "
+            f"e.g. {_source_location(raw, exc.row)}: {exc.value!r}, and no value proves the order; {fix}"
+        ) from None
+    if dayfirst is None:
+        return opts
+    if notes is not None:
+        order = "DD/MM/YYYY" if dayfirst else "MM/DD/YYYY"
+        notes.append(f"{where}: column '{source_col}' ({col.name}) read as {order}, proven by {_source_location(raw, row)}: "
+                     f"{str(values.iloc[row]).strip()!r} (declare dayfirst to make it explicit)")
+    return opts.model_copy(update={"dayfirst": dayfirst})
+
+
+def map_columns(raw: RawSource, src: TableSource, spec: TableSpec, opts: Options, where: str, *,
+                notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Map, recode, coerce and default one source frame; returns (typed frame, parse violations).
+
+    ``notes`` collects what was decided from the data (e.g. a date order the values proved).
+    """
     frame = raw.frame.reset_index(drop=True)
     n = len(frame)
     expected = _expected_source_columns(src, spec)
@@ -580,25 +890,30 @@ def map_columns(raw: RawSource, src: TableSource, spec: TableSpec, opts: Options
     out: dict[str, pd.Series] = {}
     parse_violations: list[pd.DataFrame] = []
     for col in spec.columns:
+        source_col = col.name
         if col.name in src.constants:
             values = pd.Series([src.constants[col.name]] * n, dtype=object)
         elif col.name in src.columns:
-            values = frame[src.columns[col.name]]
+            source_col = src.columns[col.name]
+            values = frame[source_col]
         elif col.name in frame.columns:
             values = frame[col.name]
         else:
-            if col.required and col.default is None and col.name not in src.defaults:
+            if col.required and col.default is None and col.name not in src.defaults and not (n == 0 and src.allow_empty):
                 raise SourceError(
                     f"{where} ({raw.label}): no source for required column '{col.name}'; map it under "
                     f"tables.{spec.name}.columns (or give a constant/default); source columns are "
                     f"{[c for c in frame.columns if not c.startswith('_source_')]}"
                 )
             values = pd.Series([None] * n, dtype=object)
-        typed, failed = coerce_values(values, col.kind, opts)
+        if col.name in src.recode:
+            values = _recode(values, src.recode[col.name])
+        col_opts = _column_options(values, col, opts, raw, source_col, where, notes)
+        typed, failed = coerce_values(values, col.kind, col_opts)
         if failed.any():
             rows = np.flatnonzero(failed)
-            parse_violations.append(contracts.violations_frame(rows, col.name, values.reset_index(drop=True), _parse_reason(col.kind, opts)))
-        fill = _default_value(src, col, opts, where)
+            parse_violations.append(contracts.violations_frame(rows, col.name, values.reset_index(drop=True), _parse_reason(col.kind, col_opts)))
+        fill = _default_value(src, col, col_opts, where)
         if fill is not None:
             empty = typed.isna().to_numpy() & ~failed
             if empty.any():
@@ -614,7 +929,10 @@ def _default_value(src: TableSource, col: Column, opts: Options, where: str) -> 
         raw = src.defaults[col.name]
         if raw is None:
             return None
-        typed, failed = coerce_values(pd.Series([raw], dtype=object), col.kind, opts)
+        try:
+            typed, failed = coerce_values(pd.Series([raw], dtype=object), col.kind, opts)
+        except AmbiguousDates:
+            raise MappingError(f"{where}.defaults.{col.name}: {raw!r} reads both as DD/MM and MM/DD; write it as YYYY-MM-DD or declare dayfirst") from None
         if failed.any():
             raise MappingError(f"{where}.defaults.{col.name}: {raw!r} is {_parse_reason(col.kind, opts)}")
         return typed.iloc[0]
@@ -625,20 +943,131 @@ def _constants_ok(src: TableSource, spec: TableSpec, opts: Options, label: str, 
     for name, value in src.constants.items():
         kind = next(c.kind for c in spec.columns if c.name == name)
         if value is not None:
-            _, failed = coerce_values(pd.Series([value], dtype=object), kind, opts)
+            try:
+                _, failed = coerce_values(pd.Series([value], dtype=object), kind, opts)
+            except AmbiguousDates:
+                raise MappingError(f"{label}: {where}.constants.{name}: {value!r} reads both as DD/MM and MM/DD; write it as YYYY-MM-DD or declare dayfirst") from None
             if failed.any():
                 raise MappingError(f"{label}: {where}.constants.{name}: {value!r} is {_parse_reason(kind, opts)}")
 
 
+def keep_rows(raw: RawSource, src: TableSource, where: str) -> tuple[RawSource, int]:
+    """The rows whose ``keep_rows`` columns hold one of the listed values (trimmed, any case).
+
+    Returns the kept rows (with their original source row numbers) and how many were skipped.
+    """
+    if not src.keep_rows:
+        return raw, 0
+    frame = raw.frame.reset_index(drop=True)
+    if SOURCE_ROW_COL not in frame.columns:  # quarantine rows must keep pointing at the source's rows
+        frame = frame.assign(**{SOURCE_ROW_COL: np.arange(1, len(frame) + 1, dtype=np.int64)})
+    keep = np.ones(len(frame), dtype=bool)
+    for column, wanted in src.keep_rows.items():
+        if column not in frame.columns:
+            raise SourceError(f"{where}.keep_rows.{column}: no source column '{column}' in {raw.label}; found "
+                              f"{[c for c in frame.columns if not c.startswith('_source_')]}")
+        values = _clean_text(frame[column]).str.lower()
+        keep &= values.isin([str(v).strip().lower() for v in wanted]).fillna(False).to_numpy(dtype=bool)
+    kept = RawSource(frame.loc[keep].reset_index(drop=True), raw.label, raw.kind, raw.files)
+    return kept, int((~keep).sum())
+
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def _norm_name(name: str) -> str:
+    return _NOT_ALNUM.sub("", name.lower())
+
+
+def unmapped_lookalikes(columns: list[str], src: TableSource, spec: TableSpec, used: set[str]) -> list[tuple[str, str]]:
+    """(source column, canonical column) pairs where an unused source column looks like a
+    canonical column nothing maps: same name once case, spaces and punctuation are ignored,
+    or a close spelling (difflib ratio >= 0.85 on those normalised names).
+
+    Such a column is most likely the data the mapping meant to load; without the warning a
+    typo in the mapping silently leaves the canonical column empty.
+    """
+    present = set(columns)
+    open_canonical = {_norm_name(c): c for c in spec.column_names
+                      if c not in src.columns and c not in src.constants and c not in present}
+    if not open_canonical:
+        return []
+    ignored = set(src.ignore_columns)
+    out = []
+    for column in columns:
+        if column.startswith("_source_") or column in used or column in ignored:
+            continue
+        norm = _norm_name(column)
+        if not norm:
+            continue
+        hit = open_canonical.get(norm)
+        if hit is None:
+            close = difflib.get_close_matches(norm, list(open_canonical), n=1, cutoff=0.85)
+            hit = open_canonical[close[0]] if close else None
+        if hit is not None:
+            out.append((column, hit))
+    return out
+
+
+CRM_ID_REASON = ("not a Salesforce Account Id (15 or 18 letters and digits, key prefix 001, matching case-safe suffix): "
+                 "value cleared, account loaded without a CRM link")
+
+
+def invalid_salesforce_account_ids(values: pd.Series) -> np.ndarray:
+    """Mask of non-empty values that are not Salesforce Account Ids.
+
+    A wrong id would make every CRM push for the account fail (or, worse, hit another
+    record), so ingest stops it where it enters instead of at sync time.
+    """
+    from crm_sync.ids import PREFIXES, to_id18
+
+    def bad(v: object) -> bool:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return False
+        id18 = to_id18(str(v))
+        return id18 is None or not id18.startswith(PREFIXES["Account"])
+
+    return values.astype(object).map(bad).to_numpy(dtype=bool)
+
+
 def prepare_table(
     name: str, raw: RawSource, src: TableSource, opts: Options, *, run_date: date,
-    known_accounts: pd.Index | None, where: str,
+    known_accounts: pd.Index | None, where: str, notes: list[str] | None = None,
+    attributes: dict[str, AttributeEntry] | None = None, crm_id_field: str = "Id",
 ) -> PreparedTable:
-    """Map + coerce + contract-check one table (pure: no warehouse access)."""
+    """keep_rows + map + coerce + contract-check one table (pure: no warehouse access).
+
+    ``attributes``: the mapping's attribute entries read from this table (name -> entry);
+    a value that does not parse rejects its row like any field. With ``crm_id_field``
+    ``Id``, account CRM ids that are not Salesforce Account Ids are cleared (and recorded
+    in quarantine) while the account itself loads.
+    """
     spec = CANONICAL[name]
     contract = CONTRACTS[name]
-    frame, parse_v = map_columns(raw, src, spec, opts, where)
+    raw, skipped = keep_rows(raw, src, where)
+    frame, parse_v = map_columns(raw, src, spec, opts, where, notes=notes)
     contracts.normalise_enums(frame, contract)
+    attr_values: dict[str, pd.Series] = {}
+    source = raw.frame.reset_index(drop=True)
+    extra_v = []
+    for attr, entry in (attributes or {}).items():
+        if entry.column not in source.columns:
+            raise SourceError(f"{where} ({raw.label}): attributes.{attr}.column: no source column '{entry.column}'; "
+                              f"found {[c for c in source.columns if not c.startswith('_source_')]}")
+        values = source[entry.column]
+        typed, failed = coerce_values(values, "float" if entry.kind == "number" else "str", opts)
+        if failed.any():
+            extra_v.append(contracts.violations_frame(np.flatnonzero(failed), attr, values.reset_index(drop=True),
+                                                      f"{_parse_reason('float', opts)} (attribute {attr})"))
+        attr_values[attr] = typed.reset_index(drop=True)
+    if extra_v:
+        parse_v = pd.concat([parse_v, *extra_v], ignore_index=True) if len(parse_v) else pd.concat(extra_v, ignore_index=True)
+    cleared = pd.DataFrame(columns=contracts.VIOLATION_COLUMNS)
+    if name == "accounts" and crm_id_field == "Id" and len(frame):
+        bad_ids = invalid_salesforce_account_ids(frame["crm_account_id"])
+        if bad_ids.any():
+            cleared = contracts.violations_frame(np.flatnonzero(bad_ids), "crm_account_id", frame["crm_account_id"], CRM_ID_REASON)
+            frame["crm_account_id"] = frame["crm_account_id"].astype(object).where(~bad_ids, None)
     failed_rows = np.zeros(len(frame), dtype=bool)
     if len(parse_v):
         failed_rows[parse_v["row"].to_numpy(dtype=np.int64)] = True
@@ -652,11 +1081,14 @@ def prepare_table(
     good = np.ones(len(frame), dtype=bool)
     if len(violations):
         good[violations["row"].to_numpy(dtype=np.int64)] = False
-    return PreparedTable(name, raw, frame, violations, good)
+    if len(cleared):  # a rejected row is reported for why it was rejected; a cleared value only on rows that load
+        cleared = cleared[good[cleared["row"].to_numpy(dtype=np.int64)]].reset_index(drop=True)
+    return PreparedTable(name, raw, frame, violations, good, cleared, skipped, attr_values)
 
 
 def _quarantine_records(prep: PreparedTable, run_id: str, now: datetime) -> pd.DataFrame:
-    v = prep.violations
+    parts = [x for x in (prep.violations, prep.cleared) if len(x)]
+    v = pd.concat(parts, ignore_index=True) if parts else prep.violations
     if v.empty:
         return contracts.empty_quarantine()
     rows = v["row"].to_numpy(dtype=np.int64)
@@ -692,9 +1124,11 @@ def _quarantine_records(prep: PreparedTable, run_id: str, now: datetime) -> pd.D
 class TableReport:
     """One canonical table's outcome.
 
-    ``rows_read == rows_good + rows_quarantined`` always; ``rows_loaded`` is ``rows_good``
-    once loaded (ingest) and 0 when the run failed (nothing is loaded then). In a validate
-    run ``rows_loaded`` is what *would* be loaded.
+    ``rows_read == rows_good + rows_quarantined + rows_skipped`` always (skipped: left out by
+    ``keep_rows``); ``rows_loaded`` is ``rows_good`` once loaded (ingest) and 0 when the run
+    failed (nothing is loaded then). In a validate run ``rows_loaded`` is what *would* be
+    loaded. ``fields_cleared`` counts values emptied on rows that still load (CRM ids that
+    are not Salesforce Ids); they are in quarantine too.
     """
 
     table: str
@@ -706,23 +1140,33 @@ class TableReport:
     rows_quarantined: int
     top_reasons: list[tuple[str, int]]
     max_bad_share: float
-    status: Literal["loaded", "valid", "failed"]
+    status: Literal["loaded", "valid", "failed", "absent"]
+    rows_skipped: int = 0
+    fields_cleared: int = 0
 
     @property
     def bad_share(self) -> float:
-        return self.rows_quarantined / self.rows_read if self.rows_read else 0.0
+        considered = self.rows_read - self.rows_skipped
+        return self.rows_quarantined / considered if considered else 0.0
 
     def as_row(self) -> dict[str, object]:
         return {
             "table": self.table, "source": self.source, "read": self.rows_read, "good": self.rows_good, "loaded": self.rows_loaded,
-            "quarantined": self.rows_quarantined, "bad_share": f"{self.bad_share:.1%}", "status": self.status,
+            "quarantined": self.rows_quarantined, "skipped": self.rows_skipped, "cleared": self.fields_cleared,
+            "bad_share": f"{self.bad_share:.1%}", "status": self.status,
             "top_reasons": "; ".join(f"{r} ({c})" for r, c in self.top_reasons),
         }
 
 
 @dataclass
 class IngestReport:
-    """What a run read, loaded and quarantined, per table. ``quarantine`` holds the reject records."""
+    """What a run read, loaded and quarantined, per table. ``quarantine`` holds the reject records.
+
+    ``warnings``: things the user should look at that did not stop the run (a source column
+    that looks like an unmapped canonical one, checks registered by other stages);
+    ``notes``: what the run decided from the data (a date order the values proved, a table
+    dropped because it was declared absent).
+    """
 
     mode: Literal["ingest", "validate"]
     run_id: str
@@ -730,12 +1174,14 @@ class IngestReport:
     mapping: str
     tables: list[TableReport]
     quarantine: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(t.status != "failed" for t in self.tables)
 
-    COLUMNS = ("table", "source", "read", "good", "loaded", "quarantined", "bad_share", "status", "top_reasons")
+    COLUMNS = ("table", "source", "read", "good", "loaded", "quarantined", "skipped", "cleared", "bad_share", "status", "top_reasons")
 
     def rows(self) -> list[dict[str, object]]:
         """One dict per table with the keys in :attr:`COLUMNS` (ready for a rich.Table)."""
@@ -745,20 +1191,30 @@ class IngestReport:
         return {
             "mode": self.mode, "run_id": self.run_id, "run_date": self.run_date.isoformat(), "mapping": self.mapping,
             "ok": self.ok, "tables": [{**t.as_row(), "top_reasons": [list(r) for r in t.top_reasons]} for t in self.tables],
+            "warnings": list(self.warnings), "notes": list(self.notes),
         }
 
     def describe(self) -> str:
-        """A plain-text table plus the outcome line."""
+        """A plain-text table, the warnings and notes, and the outcome line."""
         verb = "would load" if self.mode == "validate" else "loaded"
-        header = ["table", "source", "read", verb, "quarantined", "bad", "status"]
-        body = [[t.table, _short(t.source, 40), str(t.rows_read), str(t.rows_loaded), str(t.rows_quarantined), f"{t.bad_share:.1%}", t.status] for t in self.tables]
+        header = ["table", "source", "read", verb, "quarantined", "skipped", "bad", "status"]
+        body = [[t.table, _short(t.source, 40), str(t.rows_read), str(t.rows_loaded), str(t.rows_quarantined), str(t.rows_skipped),
+                 f"{t.bad_share:.1%}", t.status] for t in self.tables]
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-        fmt = lambda r: "  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        fmt = lambda r: "  ".join(c.ljust(w) if i < 2 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
         lines = [f"{self.mode} run {self.run_id} (run date {self.run_date}, mapping {self.mapping})", fmt(header), fmt(["-" * w for w in widths])]
         lines += [fmt(r) for r in body]
         for t in self.tables:
             if t.top_reasons:
                 lines.append(f"  {t.table}: " + "; ".join(f"{r} ({c})" for r, c in t.top_reasons))
+            if t.fields_cleared:
+                lines.append(f"  {t.table}: {t.fields_cleared} value(s) cleared on rows that loaded (see quarantine)")
+        if self.warnings:
+            lines.append(f"warnings ({len(self.warnings)}):")
+            lines += [f"  WARNING {w}" for w in self.warnings]
+        if self.notes:
+            lines.append("notes:")
+            lines += [f"  {n}" for n in self.notes]
         lines.append("OK" if self.ok else "FAILED: " + ", ".join(t.table for t in self.tables if t.status == "failed") + " over the bad-row limit")
         return "\n".join(lines)
 
@@ -770,35 +1226,93 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# ============================================================================ checks other stages register
+
+TableCheck = Callable[[pd.DataFrame], list[str]]
+_TABLE_CHECKS: dict[str, list[TableCheck]] = {}
+
+TABLE_CHECK_MODULES: tuple[str, ...] = ("features.labels",)
+"""Modules imported before a run so the checks they register at import time are in place
+(``validate`` from the CLI imports nothing else of theirs). Add yours here."""
+
+
+def register_table_check(table_name: str, fn: TableCheck) -> None:
+    """Have ``fn`` look at every ingest/validate of ``table_name``: it receives the coerced
+    good rows (canonical columns) and returns warnings, which the report and the CLI show.
+
+    For problems the data contract cannot express row by row (e.g. subscriptions that
+    reveal churn before it happens). Registering the same function again replaces it.
+    """
+    if table_name not in CANONICAL:
+        raise KeyError(f"register_table_check: '{table_name}' is not a canonical table; expected one of {list(CANONICAL)}")
+    key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", repr(fn)))
+    checks = [f for f in _TABLE_CHECKS.get(table_name, []) if (getattr(f, "__module__", None), getattr(f, "__qualname__", repr(f))) != key]
+    _TABLE_CHECKS[table_name] = [*checks, fn]
+
+
+def _import_check_modules() -> None:
+    import importlib
+
+    for module in TABLE_CHECK_MODULES:
+        importlib.import_module(module)
+
+
+def _run_table_checks(name: str, good: pd.DataFrame) -> list[str]:
+    out: list[str] = []
+    for fn in _TABLE_CHECKS.get(name, []):
+        label = getattr(fn, "__qualname__", repr(fn))
+        try:
+            found = fn(good.copy())
+        except Exception as exc:  # noqa: BLE001 - a broken check must not break the load; it is reported
+            log.debug("table check %s failed", label, exc_info=True)
+            out.append(f"tables.{name}: check {label} could not run: {type(exc).__name__}: {exc}")
+            continue
+        out += [f"tables.{name}: {w}" for w in found or []]
+    return out
+
+
 # ============================================================================ the run
+
+DERIVED_FROM: dict[str, tuple[str, ...]] = {
+    "usage": ("usage_daily", "usage_account_daily", "usage_rollup_days", "usage_ingest_days"),
+    "surveys": ("survey_text",),
+}
+"""Tables computed from a canonical table: dropped with it when it is declared absent."""
 
 
 def ingest(engine: sa.Engine, mapping: str | Path | MappingABC[str, Any] | Mapping, run_date: date | None = None, *,
-           max_bad_share: float | None = None) -> IngestReport:
+           max_bad_share: float | None = None, crm_id_field: str = "Id") -> IngestReport:
     """Load every mapped table (full replace), quarantining bad rows. See the module docstring.
+
+    Every write (canonical tables, dropped absent tables, attributes, quarantine, the
+    manifest) commits in one transaction: a run that dies leaves the previous load whole.
+    ``crm_id_field`` is the setting ``sf_account_match_field``: with ``Id`` account CRM ids
+    must be Salesforce Account Ids.
 
     Raises :class:`MappingError`, :class:`SourceError` (structural; nothing written) or
     :class:`ContractError` (a table over its bad-row limit; quarantine written, no canonical
     table loaded).
     """
-    return _run(engine, mapping, run_date, max_bad_share, write=True)
+    return _run(engine, mapping, run_date, max_bad_share, write=True, crm_id_field=crm_id_field)
 
 
 def validate(engine: sa.Engine, mapping: str | Path | MappingABC[str, Any] | Mapping, run_date: date | None = None, *,
-             max_bad_share: float | None = None) -> IngestReport:
+             max_bad_share: float | None = None, crm_id_field: str = "Id") -> IngestReport:
     """Everything :func:`ingest` checks, without loading: canonical tables and quarantine are untouched.
 
-    File sources are still staged (``staging_*``) so ``query:`` sources can be run. A table
-    over its limit is reported with status 'failed' (no exception).
+    File sources are still staged (``staging_*``) so ``query:`` sources can be run; queries
+    run in a transaction that is rolled back and must be a single SELECT. A table over its
+    limit is reported with status 'failed' (no exception).
     """
-    return _run(engine, mapping, run_date, max_bad_share, write=False)
+    return _run(engine, mapping, run_date, max_bad_share, write=False, crm_id_field=crm_id_field)
 
 
 def _not_empty(raw: RawSource, name: str, where: str) -> RawSource:
     """A full load replaces the table: an empty source would wipe it, so it is a structural error."""
     if len(raw.frame) == 0:
         what = ", ".join(str(p) for p in raw.files) or raw.label
-        raise SourceError(f"{where} ({what}): no data rows; refusing to replace '{name}' with an empty table")
+        raise SourceError(f"{where} ({what}): no data rows; refusing to replace '{name}' with an empty table "
+                          f"(set tables.{name}.allow_empty: true if an empty extract is expected)")
     return raw
 
 
@@ -816,13 +1330,78 @@ def _known_accounts(engine: sa.Engine) -> pd.Index:
     return pd.Index(ids.dropna().astype(str))
 
 
-def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_share: float | None, *, write: bool) -> IngestReport:
+def _table_rows(engine: sa.Engine, name: str) -> int | None:
+    if not table_exists(engine, name):
+        return None
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(name))).scalar_one())
+
+
+def _attribute_sources(model: MappingFile, name: str) -> dict[str, AttributeEntry]:
+    return {a: e for a, e in model.attributes.items() if e.table == name}
+
+
+def _file_columns(model: MappingFile, name: str, src: TableSource) -> list[str]:
+    """Source columns a file must have: mapped ones, keep_rows ones and attribute ones."""
+    cols = _expected_source_columns(src, CANONICAL[name]) + list(src.keep_rows) + [e.column for e in _attribute_sources(model, name).values()]
+    return list(dict.fromkeys(cols))
+
+
+def manifest_for(model: MappingFile) -> DataManifest:
+    """What a mapping declares, as the manifest features and training read."""
+    attributes = tuple(
+        AttributeSpec(
+            name=attr, table=entry.table, kind=entry.kind,
+            description=entry.description or f"{entry.column} from the {entry.table} source",
+            sentence=entry.sentence or (f"{attr.replace('_', ' ').capitalize()} is {{value}}" if entry.kind == "category"
+                                        else f"{attr.replace('_', ' ').capitalize()} is {{value:,.4g}}"),
+            risk_when=entry.risk_when or ("category" if entry.kind == "category" else "higher"),
+        )
+        for attr, entry in model.attributes.items()
+    )
+    return DataManifest(
+        absent=frozenset(n for n, src in model.tables.items() if src.absent),
+        churn_source=model.churn.source,
+        attributes=attributes,
+        usage_event_types=tuple(str(t).strip() for t in model.usage_event_types) if model.usage_event_types is not None else None,
+    )
+
+
+def _attribute_rows(prep: PreparedTable, model: MappingFile) -> pd.DataFrame:
+    """account_attributes rows of one loaded table's good rows (empty values are left out)."""
+    frames = []
+    good = prep.good
+    for attr, entry in _attribute_sources(model, prep.table).items():
+        values = prep.attributes[attr][good].reset_index(drop=True)
+        ids = prep.frame.loc[good].reset_index(drop=True)
+        keep = values.notna().to_numpy()
+        number = entry.kind == "number"
+        frames.append(pd.DataFrame({
+            "account_id": ids["account_id"][keep].to_numpy(dtype=object),
+            "subscription_id": ids["subscription_id"][keep].to_numpy(dtype=object) if prep.table == "subscriptions" else None,
+            "name": attr,
+            "value_number": values[keep].astype("float64").to_numpy() if number else np.nan,
+            "value_text": None if number else values[keep].to_numpy(dtype=object),
+        }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ACCOUNT_ATTRIBUTES.column_names)
+
+
+def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_share: float | None, *, write: bool,
+         crm_id_field: str = "Id") -> IngestReport:
     mapping = load_mapping(mapping_src)
     model = mapping.model
+    _import_check_modules()
     run_date = run_date or date.today()
     now = datetime.now().replace(microsecond=0)
     run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     label = mapping.label
+    warnings: list[str] = []
+    notes: list[str] = []
+    mapped = {name: src for name, src in model.tables.items() if not src.absent}
+    absent = [name for name in CANONICAL if name in model.tables and model.tables[name].absent]
+    if model.churn.source == "churn_events" and "churn_events" not in mapped and not table_exists(engine, "churn_events"):
+        raise MappingError(f"{label}: churn.source is churn_events, but tables.churn_events is not mapped and the warehouse has no "
+                           "churn_events table; map it under tables.churn_events")
 
     # 1. read and structurally check every file, before writing anything
     staged: dict[str, RawSource] = {}
@@ -830,14 +1409,16 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
         opts = mapping.options_for(stg, f"staging.{name}.options")
         staged[name] = _read_files(mapping, stg, opts, f"{label}: staging.{name}", None)
     file_tables: dict[str, RawSource] = {}
-    for name, src in model.tables.items():
+    for name, src in mapped.items():
         opts = mapping.options_for(src, f"tables.{name}.options")
         _constants_ok(src, CANONICAL[name], opts, label, f"tables.{name}")
         for col, value in src.defaults.items():
             _default_value(src, next(c for c in CANONICAL[name].columns if c.name == col), opts, f"{label}: tables.{name}")
         if src.kind == "file":
-            file_tables[name] = _read_files(mapping, src, opts, f"{label}: tables.{name}", _expected_source_columns(src, CANONICAL[name]))
-            _not_empty(file_tables[name], name, f"{label}: tables.{name}")
+            file_tables[name] = _read_files(mapping, src, opts, f"{label}: tables.{name}", _file_columns(model, name, src),
+                                            allow_empty=src.allow_empty)
+            if not src.allow_empty:
+                _not_empty(file_tables[name], name, f"{label}: tables.{name}")
 
     # 2. stage raw files so queries can join them
     for name, raw in {**staged, **file_tables}.items():
@@ -847,50 +1428,101 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
     prepared: list[PreparedTable] = []
     limits: dict[str, float] = {}
     known: pd.Index | None = None
-    order = [t for t in CANONICAL if t in model.tables]
-    if "accounts" not in model.tables:
+    order = [t for t in CANONICAL if t in mapped]
+    if "accounts" not in mapped:
         known = _known_accounts(engine)
     for name in order:
-        src = model.tables[name]
+        src = mapped[name]
         opts = mapping.options_for(src, f"tables.{name}.options")
         where = f"{label}: tables.{name}"
-        raw = file_tables[name] if name in file_tables else _not_empty(_read_warehouse(engine, src, run_date, where), name, where)
-        prep = prepare_table(name, raw, src, opts, run_date=run_date, known_accounts=known if name != "accounts" else None, where=where)
+        raw = file_tables[name] if name in file_tables else _read_warehouse(engine, src, run_date, where)
+        if not src.allow_empty:
+            _not_empty(raw, name, where)
+        attrs = _attribute_sources(model, name)
+        used = set(src.columns.values()) | set(src.keep_rows) | {e.column for e in attrs.values()}
+        for column, canonical in unmapped_lookalikes([str(c) for c in raw.frame.columns], src, CANONICAL[name], used):
+            who = raw.label if raw.kind == "file" else f"tables.{name} ({raw.label})"
+            warnings.append(f"{who}: column '{column}' looks like canonical '{canonical}' but is not mapped; map it under "
+                            f"tables.{name}.columns or list it under tables.{name}.ignore_columns")
+        prep = prepare_table(name, raw, src, opts, run_date=run_date, known_accounts=known if name != "accounts" else None, where=where,
+                             notes=notes, attributes=attrs, crm_id_field=crm_id_field)
         prepared.append(prep)
         limits[name] = _limit(mapping, src, max_bad_share)
         if name == "accounts":
             known = pd.Index(prep.frame.loc[prep.good, "account_id"].astype(str))
-        log.info("%s: %d rows read, %d quarantined", name, prep.rows_read, prep.rows_quarantined)
+        if prep.skipped:
+            notes.append(f"tables.{name}: {prep.skipped} row(s) skipped by keep_rows ({', '.join(src.keep_rows)})")
+        if _TABLE_CHECKS.get(name):
+            warnings += _run_table_checks(name, coerce(prep.frame.loc[prep.good], CANONICAL[name]))
+        if name == "usage" and model.usage_event_types is not None:
+            seen = set(prep.frame.loc[prep.good, "feature"].dropna().astype(str))
+            unseen = [t for t in model.usage_event_types if str(t).strip() not in seen]
+            if unseen:
+                warnings.append(f"usage_event_types: {unseen} never occur in usage.feature; their features will be zero for every account")
+        log.info("%s: %d rows read, %d quarantined, %d skipped", name, prep.rows_read + prep.skipped, prep.rows_quarantined, prep.skipped)
 
     quarantine = {p.table: _quarantine_records(p, run_id, now) for p in prepared}
     reports = []
     for p in prepared:
         failed = p.rows_read > 0 and p.rows_quarantined / p.rows_read > limits[p.table]
         reports.append(TableReport(
-            table=p.table, source=p.source.label, source_kind=p.source.kind, rows_read=p.rows_read, rows_good=int(p.good.sum()),
+            table=p.table, source=p.source.label, source_kind=p.source.kind, rows_read=p.rows_read + p.skipped, rows_good=int(p.good.sum()),
             rows_loaded=0 if (failed and write) else int(p.good.sum()), rows_quarantined=p.rows_quarantined,
             top_reasons=contracts.top_reasons(p.violations), max_bad_share=limits[p.table],
-            status="failed" if failed else ("loaded" if write else "valid"),
+            status="failed" if failed else ("loaded" if write else "valid"), rows_skipped=p.skipped, fields_cleared=len(p.cleared),
         ))
+    for name in absent:
+        loaded = _table_rows(engine, name)
+        reports.append(TableReport(table=name, source="absent", source_kind="absent", rows_read=0, rows_good=0, rows_loaded=0,
+                                   rows_quarantined=0, top_reasons=[], max_bad_share=0.0, status="absent"))
+        if loaded is not None:
+            verb = "would drop" if not write else "dropped"
+            notes.append(f"tables.{name}: declared absent; {verb} the previously loaded table ({loaded} rows)")
     all_q = pd.concat([q for q in quarantine.values() if len(q)], ignore_index=True) if any(len(q) for q in quarantine.values()) else contracts.empty_quarantine()
-    report = IngestReport("ingest" if write else "validate", run_id, run_date, label, reports, all_q)
+    report = IngestReport("ingest" if write else "validate", run_id, run_date, label, reports, all_q, warnings, notes)
     if not write:
         return report
 
-    # 4. write: quarantine always (it explains a failure); canonical tables only if every table passed
-    for name, q in quarantine.items():
-        replace_rows(engine, QUARANTINE_TABLE, q if len(q) else contracts.empty_quarantine(), where={"table_name": name})
-    if not report.ok:
-        for t in report.tables:  # nothing was loaded for any table
+    # 4. write. The manifest row is recorded first (finished_at empty: a run that dies stays
+    # visible as unfinished); everything else commits in ONE transaction, or not at all.
+    manifest = manifest_for(model)
+    ensure_table(engine, INGEST_MANIFEST.name, pd.DataFrame(columns=INGEST_MANIFEST.column_names))
+    replace_rows(engine, INGEST_MANIFEST.name, pd.DataFrame([{
+        "run_id": run_id, "run_date": pd.Timestamp(run_date), "started_at": pd.Timestamp(datetime.now()), "finished_at": pd.NaT,
+        "mapping": label, "config": json.dumps(manifest.to_config(), sort_keys=True),
+    }]), where={"run_id": run_id})
+    if not report.ok:  # quarantine explains the failure; no canonical table changes
+        with engine.begin() as conn:
+            for name, q in quarantine.items():
+                replace_rows(conn, QUARANTINE_TABLE, q if len(q) else contracts.empty_quarantine(), where={"table_name": name})
+        for t in report.tables:
             t.rows_loaded = 0
         raise ContractError(_failure_message(report), report)
-    for p, t in zip(prepared, report.tables):
-        good = coerce(p.frame.loc[p.good], CANONICAL[p.table])
-        if p.table == "usage":  # only the days that changed since the last load are rewritten
-            replace_usage_by_day(engine, good)
-            t.rows_loaded = len(good)
-        else:
-            t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True)
+    goods = [(p, t, coerce(p.frame.loc[p.good], CANONICAL[p.table])) for p, t in zip(prepared, report.tables)]
+    attribute_rows = [_attribute_rows(p, model) for p in prepared if _attribute_sources(model, p.table)]
+    log.info("ingest %s: writing the load in one transaction", run_id)
+    with engine.begin() as conn:
+        for name in absent:
+            for table in (name, *DERIVED_FROM.get(name, ())):
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))  # churnflow's own table names, never input
+            if table_exists(conn, QUARANTINE_TABLE):
+                q_table = sa.table(QUARANTINE_TABLE, sa.column("table_name"))
+                conn.execute(q_table.delete().where(q_table.c.table_name == name))
+        for p, t, good in goods:
+            if p.table == "usage" and len(good):  # only the days that changed since the last load are rewritten
+                replace_usage_by_day(conn, good)
+                t.rows_loaded = len(good)
+            else:
+                t.rows_loaded = replace_rows(conn, p.table, good, replace_all=True)
+            log.info("ingest %s: %s written (%d rows), not committed yet", run_id, p.table, t.rows_loaded)
+        for name, q in quarantine.items():
+            replace_rows(conn, QUARANTINE_TABLE, q if len(q) else contracts.empty_quarantine(), where={"table_name": name})
+        if model.attributes or table_exists(conn, ACCOUNT_ATTRIBUTES.name):
+            rows = pd.concat([a for a in attribute_rows if len(a)], ignore_index=True) if any(len(a) for a in attribute_rows) else None
+            replace_rows(conn, ACCOUNT_ATTRIBUTES.name, coerce(rows if rows is not None else pd.DataFrame(columns=ACCOUNT_ATTRIBUTES.column_names),
+                                                               ACCOUNT_ATTRIBUTES), replace_all=True)
+        m = sa.table(INGEST_MANIFEST.name, sa.column("run_id"), sa.column("finished_at"))
+        conn.execute(m.update().where(m.c.run_id == run_id).values(finished_at=datetime.now()))
     log.info("ingest %s: %s", run_id, {t.table: (t.rows_loaded, t.rows_quarantined) for t in report.tables})
     return report
 
@@ -901,10 +1533,136 @@ def _failure_message(report: IngestReport) -> str:
         if t.status == "failed":
             reasons = "; ".join(f"{r} ({c})" for r, c in t.top_reasons)
             lines.append(
-                f"table '{t.table}' ({t.source}): {t.rows_quarantined} of {t.rows_read} rows ({t.bad_share:.1%}) broke its contract, "
+                f"table '{t.table}' ({t.source}): {t.rows_quarantined} of {t.rows_read - t.rows_skipped} rows ({t.bad_share:.1%}) broke its contract, "
                 f"over the limit of {t.max_bad_share:.1%}; top reasons: {reasons}"
             )
     return (
         "ingest failed, nothing was loaded:\n  " + "\n  ".join(lines)
         + f"\nThe rejected rows are in the '{QUARANTINE_TABLE}' table (run_id {report.run_id})."
     )
+
+
+# ============================================================================ docs/mapping.md
+
+
+def _type_text(annotation: Any) -> str:
+    text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
+    text = re.sub(r"\btyping\.", "", text)
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    text = re.sub(r"\b(?:churnflow\.ingest\.)", "", text)
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)
+    return text.replace("NoneType", "None")
+
+
+def _default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        value = info.default_factory()
+        if isinstance(value, BaseModel):
+            return f"`{json.dumps(value.model_dump())}`"
+        return f"`{json.dumps(value)}`" if value != [] and value != {} else "empty"
+    return f"`{json.dumps(info.default)}`" if info.default is not None else "-"
+
+
+def _fields_table(model: type[BaseModel]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        meaning = (info.description or "").replace("|", "\\|").replace("\n", " ")
+        kind = _type_text(info.annotation).replace("|", "\\|")
+        lines.append(f"| `{name}` | `{kind}` | {_default_text(info)} | {meaning} |")
+    return lines + [""]
+
+
+def mapping_markdown() -> str:
+    """The text of docs/mapping.md, generated from the mapping models' Field descriptions:
+    the page can never list a key the parser does not accept, or miss one it does."""
+    lines = [
+        "# The mapping file",
+        "",
+        "Generated from the mapping models in `churnflow/ingest.py` by `churnflow docs`; do not edit by hand.",
+        "",
+        "A mapping file (YAML) tells `churnflow validate` and `churnflow ingest` where each canonical table",
+        "([data model](data-model.md)) comes from and how your columns and values map onto it. It is read",
+        "with a safe YAML loader and validated strictly: an unknown key is an error naming the file and the key.",
+        "See the README section \"Bring your own data\" for a walk-through and `examples/foreign_export/sources.yaml`",
+        "for a complete example. Each ingest records what its mapping declares (absent tables, churn source,",
+        "attributes, usage event types) in the `ingest_manifest` table; the newest finished run's declarations",
+        "are the ones features and training use, so a mapping states all of them every time.",
+        "",
+        "```yaml",
+        "version: 1",
+        "options: {dayfirst: true, thousands: ','}",
+        "max_bad_share: 0.05",
+        "churn: {source: churn_events}          # default: coverage (derived from subscriptions)",
+        "tables:",
+        "  accounts:",
+        "    file: customers.csv",
+        "    columns: {account_id: CustomerID, name: Company, segment: Tier, created_at: Since}",
+        "    ignore_columns: [closedat_legacy]",
+        "  surveys: absent                      # you have no surveys",
+        "  tickets:",
+        "    file: tickets.csv",
+        "    allow_empty: true",
+        "    recode: {priority: {medium: normal, p1: urgent}}",
+        "  churn_events:",
+        "    file: customers.csv",
+        "    columns: {account_id: CustomerID, churn_date: CancelledOn}",
+        "    keep_rows: {Status: [churned, cancelled]}",
+        "attributes:",
+        "  acquisition_channel: {table: accounts, column: Channel, kind: category, sentence: \"Acquired through {value}\"}",
+        "  age_years: {table: accounts, column: Age, kind: number, risk_when: lower, sentence: \"Account holder is {value:.0f} years old\"}",
+        "usage_event_types: [like, dislike, add_friend]",
+        "```",
+        "",
+        "## Top level",
+        "",
+        *_fields_table(MappingFile),
+        "## Tables (`tables.<canonical table>`)",
+        "",
+        "Each canonical table takes exactly one source (`file`, `table` or `query`), or is declared `absent`.",
+        "Tables not listed are left as they are in the warehouse. Every file is also staged raw into",
+        "`staging_<table>` so a `query:` can join it.",
+        "",
+        *_fields_table(TableSource),
+        "## Options (`options:`, `tables.<name>.options:`, `staging.<name>.options:`)",
+        "",
+        *_fields_table(Options),
+        "Dates: ISO 8601 (offsets converted to UTC), DD/MM/YYYY or MM/DD/YYYY (separators `/ . -`, optional time),",
+        "or epoch seconds. When `dayfirst` is not declared and a date column holds values like `03/11/2026` that",
+        "read both ways, the run is refused with the file, column, row and value; when some value proves the",
+        "order (`30/11/2026`), it is used and the report's notes say so. ISO and slash dates may mix in one column.",
+        "",
+        "## Staging (`staging.<name>`)",
+        "",
+        *_fields_table(StagingSource),
+        "## Churn (`churn:`)",
+        "",
+        *_fields_table(ChurnSection),
+        "With `churn_events`, map `tables.churn_events` (account_id, churn_date, optional reason and",
+        "reactivated_at), often from the customers export with `keep_rows` selecting the churned statuses.",
+        "",
+        "## Attributes (`attributes.<name>`)",
+        "",
+        "Extra columns of the accounts or subscriptions source that become model features. Values are",
+        "written to the `account_attributes` table (one row per account, or subscription, and attribute);",
+        "the declaration is recorded in the `ingest_manifest` table for features and training.",
+        "",
+        *_fields_table(AttributeEntry),
+        "## What the run checks and reports",
+        "",
+        "- A mapped source column that does not exist is an error. An unmapped source column whose name looks",
+        "  like a canonical column nothing maps (`closedat`, `Closed_At`, `closed at` for `closed_at`) is a warning;",
+        "  map it or list it under `ignore_columns`.",
+        "- `recode` runs before the contract checks: values still outside an enumeration are quarantined with the",
+        "  allowed values in the reason. Rows left out by `keep_rows` are counted as skipped, not quarantined.",
+        "- When the setting `sf_account_match_field` is `Id` (the default), `accounts.crm_account_id` values that are",
+        "  not Salesforce Account Ids (15 or 18 letters and digits, key prefix `001`, matching case-safe suffix) are",
+        "  cleared and recorded in `quarantine`; the account itself loads (its usage and tickets still count).",
+        "- A `query:` must be one SELECT (or WITH ... SELECT); anything else is refused before it runs, and",
+        "  queries run in a transaction that is rolled back.",
+        "- `ingest` commits every table, the quarantine, the attributes and the manifest in one transaction:",
+        "  a run that fails or dies leaves the previous load whole.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -46,16 +46,29 @@ class TableSpec:
     indexes: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
+    def key_is_primary(self) -> bool:
+        """Whether the key is a primary key (every key column required) rather than a unique constraint."""
+        required = {c.name for c in self.columns if c.required}
+        return bool(self.key) and set(self.key) <= required
+
+    @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
     def sa_table(self, metadata: sa.MetaData) -> sa.Table:
-        """The table with its key as a primary key, so the database itself refuses a second copy."""
-        key = (sa.PrimaryKeyConstraint(*self.key, name=f"pk_{self.name}"),) if self.key else ()
+        """The table with its key enforced by the database, so it refuses a second copy: a primary
+        key, or a unique constraint when a key column may be empty (empty values never collide)."""
+        optional = {c.name for c in self.columns if not c.required}
+        if not self.key:
+            key: tuple[sa.Constraint, ...] = ()
+        elif self.key_is_primary:
+            key = (sa.PrimaryKeyConstraint(*self.key, name=f"pk_{self.name}"),)
+        else:
+            key = (sa.UniqueConstraint(*self.key, name=f"uq_{self.name}"),)
         return sa.Table(
             self.name,
             metadata,
-            *[sa.Column(c.name, _SA_TYPES[c.kind], nullable=not c.required and c.name not in self.key) for c in self.columns],
+            *[sa.Column(c.name, _SA_TYPES[c.kind], nullable=c.name in optional) for c in self.columns],
             *key,
         )
 
@@ -316,11 +329,53 @@ SCORE_BUILDS = TableSpec(
     key=("as_of_date",),
 )
 
+# -- added by the ingest package: optional canonical source, attributes and the ingest manifest
+
+CHURN_EVENTS = TableSpec(
+    "churn_events",
+    "Optional: churn as the customer's source of truth records it (used when the mapping says churn.source: churn_events).",
+    (
+        Column("account_id", "str", "The account that churned."),
+        Column("churn_date", "date", "The day the account churned."),
+        Column("reason", "str", "Why, as recorded.", required=False),
+        Column("reactivated_at", "date", "When the account came back, if it did.", required=False),
+    ),
+    key=("account_id", "churn_date"),
+)
+
+ACCOUNT_ATTRIBUTES = TableSpec(
+    "account_attributes",
+    "Extra account / subscription columns declared under `attributes:` in the mapping, one row per value (written by ingest).",
+    (
+        Column("account_id", "str", "The account."),
+        Column("subscription_id", "str", "The subscription, for attributes read from subscriptions.", required=False),
+        Column("name", "str", "The attribute's name in the mapping."),
+        Column("value_number", "float", "The value of a number attribute.", required=False),
+        Column("value_text", "str", "The value of a category attribute.", required=False),
+    ),
+    key=("account_id", "subscription_id", "name"),
+)
+
+INGEST_MANIFEST = TableSpec(
+    "ingest_manifest",
+    "One row per ingest run: what the mapping declared (absent tables, churn source, attributes, usage event types).",
+    (
+        Column("run_id", "str", "The ingest run."),
+        Column("run_date", "date", "The run date (rows stamped after it were rejected)."),
+        Column("started_at", "timestamp", "When the run started."),
+        Column("finished_at", "timestamp", "When its load committed; empty for a run that failed or died.", required=False),
+        Column("mapping", "str", "Path of the mapping file."),
+        Column("config", "str", "JSON: absent, churn_source, attributes, usage_event_types."),
+    ),
+    key=("run_id",),
+)
+
 DERIVED: dict[str, TableSpec] = {
-    t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS, SCORE_BUILDS)
+    t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS, SCORE_BUILDS,
+                        ACCOUNT_ATTRIBUTES, INGEST_MANIFEST)
 }
 
-CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS)}
+CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS, CHURN_EVENTS)}
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}
 DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS, **DERIVED}
 

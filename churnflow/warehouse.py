@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -150,7 +151,7 @@ def _sa_type(series: pd.Series) -> sa.types.TypeEngine:
     return sa.String()
 
 
-def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
+def ensure_table(engine: sa.Engine | sa.Connection, name: str, frame: pd.DataFrame) -> sa.Table:
     """Create ``name`` if missing: declared tables from their spec (with their key), others from
     the frame's dtypes. A declared table created before its key was enforced gets the key now."""
     metadata = sa.MetaData()
@@ -160,7 +161,7 @@ def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
         table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns])
     existed = table_exists(engine, name)
     table.create(engine, checkfirst=True)
-    if existed and name in DECLARED and DECLARED[name].key:
+    if existed and name in DECLARED and DECLARED[name].key and DECLARED[name].key_is_primary:
         _ensure_key(engine, name, DECLARED[name].key)
     if engine.dialect.name == "postgresql" and name in DECLARED:
         for cols in DECLARED[name].indexes:
@@ -171,13 +172,13 @@ def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
 _KEYED: set[tuple[str, str]] = set()
 
 
-def _ensure_key(engine: sa.Engine, name: str, key: tuple[str, ...]) -> None:
+def _ensure_key(bind: sa.Engine | sa.Connection, name: str, key: tuple[str, ...]) -> None:
     """Add the declared primary key to a table an older churnflow created without one (once per process)."""
-    marker = (str(engine.url), name)
+    marker = (str(bind.engine.url), name)
     if marker in _KEYED:
         return
-    with engine.begin() as conn:
-        if engine.dialect.name == "duckdb":
+    with transaction(bind) as conn:
+        if conn.dialect.name == "duckdb":
             has_key = conn.execute(sa.text("SELECT COUNT(*) FROM duckdb_constraints() WHERE table_name = :t AND constraint_type = 'PRIMARY KEY'"),
                                    {"t": name}).scalar()
         else:
@@ -204,8 +205,19 @@ def serialize_writes(conn: sa.Connection, name: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"churnflow:{name}"})
 
 
+@contextmanager
+def transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A connection in a transaction: a new one committed at the end for an engine, or the
+    caller's own connection (and transaction) as is, so several writes can commit together."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
+
+
 def replace_rows(
-    engine: sa.Engine,
+    engine: sa.Engine | sa.Connection,
     name: str,
     frame: pd.DataFrame,
     where: Mapping[str, Any] | None = None,
@@ -215,12 +227,13 @@ def replace_rows(
     """Delete the rows matching ``where`` (or all rows) and insert ``frame``, in one transaction.
 
     This is how every stage writes: a re-run for the same partition replaces, never
-    duplicates. Returns the number of rows inserted.
+    duplicates. Returns the number of rows inserted. Given a connection, the write joins
+    the caller's transaction (ingest commits all its tables at once).
     """
     created = ensure_table(engine, name, frame)
     # A lightweight table clause: no reflection (duckdb-engine cannot reflect constraints).
     table = sa.table(name, *[sa.column(c) for c in created.columns.keys()])
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         serialize_writes(conn, name)
         if replace_all:
             conn.execute(table.delete())

@@ -50,7 +50,7 @@ def _ts(d: date) -> datetime:
     return datetime(d.year, d.month, d.day)
 
 
-def _ensure(engine: sa.Engine, *specs: schema.TableSpec) -> None:
+def _ensure(engine: sa.Engine | sa.Connection, *specs: schema.TableSpec) -> None:
     for spec in specs:
         ensure_table(engine, spec.name, pd.DataFrame(columns=spec.column_names))
 
@@ -97,31 +97,33 @@ def _day_hashes(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def replace_usage_by_day(engine: sa.Engine, frame: pd.DataFrame) -> int:
+def replace_usage_by_day(engine: sa.Engine | sa.Connection, frame: pd.DataFrame) -> int:
     """Load a full usage extract, rewriting only the days whose rows changed since the last load.
 
     Ingest hands over the whole ``usage`` table each run; comparing per-day hashes with the
     previous load keeps the write, and the rollups' work, to the days that are new, changed
-    or gone. Returns the rows written.
+    or gone. Returns the rows written. Given a connection, the write joins the caller's
+    transaction (ingest loads every table or none).
     """
+    from churnflow.warehouse import replace_rows, transaction
+
     hashes = _day_hashes(frame)
     _ensure(engine, schema.USAGE_INGEST_DAYS)
-    previous = read_sql(engine, "SELECT activity_date, content_hash FROM usage_ingest_days")
-    if previous.empty:
-        from churnflow.warehouse import replace_rows
-
-        written = replace_rows(engine, "usage", frame, replace_all=True)
-        replace_rows(engine, schema.USAGE_INGEST_DAYS.name, hashes, replace_all=True)
-        log.info("usage: loaded all %d day(s), %d rows", len(hashes), written)
-        return written
-    previous["activity_date"] = pd.to_datetime(previous["activity_date"]).dt.date
-    before = dict(zip(previous["activity_date"], previous["content_hash"]))
-    now = dict(zip(hashes["activity_date"], hashes["content_hash"]))
-    changed = sorted(d for d, h in now.items() if before.get(d) != h)
-    gone = sorted(set(before) - set(now))
-    rows = frame[pd.to_datetime(frame["occurred_at"]).dt.normalize().dt.date.isin(set(changed))]
-    ingest_days = sa.table(schema.USAGE_INGEST_DAYS.name, sa.column("activity_date"))
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
+        previous = pd.DataFrame(conn.execute(sa.text("SELECT activity_date, content_hash FROM usage_ingest_days")).fetchall(),
+                                columns=["activity_date", "content_hash"])
+        if previous.empty:
+            written = replace_rows(conn, "usage", frame, replace_all=True)
+            replace_rows(conn, schema.USAGE_INGEST_DAYS.name, hashes, replace_all=True)
+            log.info("usage: loaded all %d day(s), %d rows", len(hashes), written)
+            return written
+        previous["activity_date"] = pd.to_datetime(previous["activity_date"]).dt.date
+        before = dict(zip(previous["activity_date"], previous["content_hash"]))
+        now = dict(zip(hashes["activity_date"], hashes["content_hash"]))
+        changed = sorted(d for d, h in now.items() if before.get(d) != h)
+        gone = sorted(set(before) - set(now))
+        rows = frame[pd.to_datetime(frame["occurred_at"]).dt.normalize().dt.date.isin(set(changed))]
+        ingest_days = sa.table(schema.USAGE_INGEST_DAYS.name, sa.column("activity_date"))
         for start, end in _ranges(changed + gone):
             conn.execute(sa.text("DELETE FROM usage WHERE occurred_at >= :a AND occurred_at < :b"), {"a": _ts(start), "b": _ts(end)})
         if len(rows):

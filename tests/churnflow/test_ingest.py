@@ -128,6 +128,7 @@ def _tickets_mapping(tmp_path: Path, tickets_csv: str, **extra: object) -> Path:
     _write(tmp_path / "accounts.csv", ACCOUNTS_CSV)
     _write(tmp_path / "tickets.csv", tickets_csv)
     mapping = {
+        "options": {"dayfirst": False},  # ACCOUNTS_CSV's 05/02/2024 reads both ways
         "tables": {
             "accounts": {"file": "accounts.csv", "columns": {"account_id": "id", "name": "company", "segment": "tier", "created_at": "since"}},
             "tickets": {
@@ -318,7 +319,7 @@ def test_dates_and_timestamps_in_common_formats() -> None:
     assert values == [ts("2026-11-03"), ts("2026-11-03 10:15"), ts("2026-11-03 10:15"), ts("2026-11-03"), ts("2026-11-03 14:05"),
                       ts("2025-11-03 10:00"), None, None, None, None]
     assert failed == [False] * 8 + [True, True]
-    assert _parse(["03/11/2026", "11/30/2026 08:00:00", "30/11/2026"], "date")[0] == [ts("2026-03-11"), ts("2026-11-30"), None]
+    assert _parse(["03/11/2026", "11/30/2026 08:00:00", "30/11/2026"], "date", dayfirst=False)[0] == [ts("2026-03-11"), ts("2026-11-30"), None]
     assert _parse(["03.11.2026 10:00"], "timestamp", date_format="%d.%m.%Y %H:%M")[0] == [ts("2026-11-03 10:00")]
     assert _parse([1762164000], "timestamp")[0] == [ts("2025-11-03 10:00")]
 
@@ -434,7 +435,7 @@ def _usage_mapping(tmp_path: Path, rows: list[str]) -> Path:
 
     _write(tmp_path / "accounts.csv", ACCOUNTS_CSV)
     _write(tmp_path / "usage.csv", "acct,at,what,n,user\n" + "\n".join(rows) + "\n")
-    mapping = {"tables": {
+    mapping = {"options": {"dayfirst": False}, "tables": {
         "accounts": {"file": "accounts.csv", "columns": {"account_id": "id", "name": "company", "segment": "tier", "created_at": "since"}},
         "usage": {"file": "usage.csv", "columns": {"account_id": "acct", "occurred_at": "at", "feature": "what", "quantity": "n", "user_id": "user"}},
     }}
