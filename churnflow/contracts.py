@@ -12,7 +12,8 @@ several is reported once per rule but counted once):
 * required columns are non-null (after mapping defaults and the schema's defaults);
 * enumerations (``kind``, ``priority``) after lower-casing and trimming;
 * numeric ranges, including score ranges that depend on the survey ``kind``;
-* ordering between columns (``end_date > start_date``, ``closed_at >= opened_at``);
+* ordering between columns where both are present (``end_date > start_date``,
+  ``closed_at >= opened_at``, ``reactivated_at >= churn_date``);
 * no timestamp after the run date (timestamp columns only: a subscription's ``end_date``
   is a *date* and is legitimately in the future);
 * referential integrity: ``account_id`` must be a known account;
@@ -59,13 +60,16 @@ CONDITIONAL_RANGES: dict[tuple[str, str], tuple[str, dict[str, tuple[float, floa
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("surveys", "kind"): frozenset(SCORE_SCALES),
     ("tickets", "priority"): frozenset({"low", "normal", "high", "urgent"}),
+    ("subscriptions", "billing_period"): frozenset({"month", "quarter", "year"}),
 }
 """Enumerated columns; incoming values are trimmed and lower-cased before the check."""
 
 ORDERED: dict[str, list[tuple[str, str, bool]]] = {
-    # table: [(later column, earlier column, strict)] -- later > earlier (strict) or >=.
+    # table: [(later column, earlier column, strict)] -- later > earlier (strict) or >=; checked
+    # only where both are present (an open-ended subscription has no end_date).
     "subscriptions": [("end_date", "start_date", True)],
     "tickets": [("closed_at", "opened_at", False)],
+    "churn_events": [("reactivated_at", "churn_date", False)],
 }
 
 REFERENCES: dict[str, str] = {
@@ -74,6 +78,7 @@ REFERENCES: dict[str, str] = {
     "usage": "account_id",
     "tickets": "account_id",
     "surveys": "account_id",
+    "churn_events": "account_id",
 }
 
 DEFAULT_MAX_BAD_SHARE = 0.05

@@ -22,7 +22,7 @@ BOOK = subs(
     ("late_renewal", "2025-01-01", "2026-01-01", None),
     ("late_renewal", "2026-01-20", "2027-01-20", None),  # 19-day gap < 30-day grace: no churn
     ("lapses", "2025-01-01", "2026-01-01", None),  # nothing after: churns 2026-01-01
-    ("cancels", "2025-06-01", "2026-06-01", "2025-12-15 10:30"),  # churns on the cancellation day
+    ("cancels", "2025-06-01", "2026-06-01", "2025-12-15 10:30"),  # churns the day after the cancellation day
     ("gap_too_long", "2025-01-01", "2026-01-01", None),
     ("gap_too_long", "2026-03-15", "2027-03-15", None),  # 73 days later: churned, then came back
 )
@@ -32,7 +32,8 @@ def test_coverage_blocks_merge_within_grace() -> None:
     blocks = coverage_blocks(BOOK, grace_days=30)
     counts = blocks.groupby("account_id").size().to_dict()
     assert counts == {"renews": 1, "late_renewal": 1, "lapses": 1, "cancels": 1, "gap_too_long": 2}
-    assert blocks.set_index("account_id").loc["cancels", "block_end"] == pd.Timestamp("2025-12-15")
+    # covered through the day the cancellation was recorded: not a customer from the next day
+    assert blocks.set_index("account_id").loc["cancels", "block_end"] == pd.Timestamp("2025-12-16")
 
 
 def test_labels_follow_the_definition() -> None:
