@@ -27,7 +27,7 @@ no event with ``churn_date <= D <= reactivated_at`` (or an empty ``reactivated_a
 coverage this means: D lies strictly inside a stretch of coverage that began before D, so a
 term ending at midnight D is over, a renewal starting on D continues the coverage, and a new
 or returning customer counts from the day after its coverage starts. Features are built for
-exactly these accounts (:func:`active_accounts`, used by the feature builder).
+exactly these accounts (``features.labels.active_accounts``, used by the feature builder).
 
 **Label.** A churn event *counts* unless the account was reactivated within the grace period
 (``reactivated_at - churn_date <= grace``): a late renewal is not churn. For an account active
