@@ -8,6 +8,7 @@ idempotent for its partition (re-running a day replaces that day's rows).
 from __future__ import annotations
 
 import io
+import weakref
 import logging
 from collections.abc import Mapping
 from functools import lru_cache
@@ -101,13 +102,41 @@ def _sa_type(series: pd.Series) -> sa.types.TypeEngine:
     return sa.String()
 
 
+# Declared tables already brought up to their spec, per engine (an engine is one warehouse).
+_UPGRADED: weakref.WeakKeyDictionary[sa.Engine, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _upgrade_declared(engine: sa.Engine, name: str) -> None:
+    """Bring a declared table created by an older churnflow up to its spec, once per process:
+    add the optional columns it lacks and drop NOT NULL where a column became optional (e.g.
+    ``subscriptions.end_date`` for open-ended subscriptions). Values are never rewritten."""
+    if name in _UPGRADED.get(engine, ()):
+        return
+    spec = DECLARED[name]
+    existing = {c["name"]: c for c in sa.inspect(engine).get_columns(name)}
+    with engine.begin() as conn:
+        for col in spec.columns:
+            kind = spec.sa_table(sa.MetaData()).c[col.name].type.compile(dialect=engine.dialect)
+            if col.name not in existing:
+                conn.execute(sa.text(f'ALTER TABLE "{name}" ADD COLUMN "{col.name}" {kind}'))
+                log.info("table %s: added column %s (declared since the table was created)", name, col.name)
+            elif not col.required and not existing[col.name].get("nullable", True):
+                conn.execute(sa.text(f'ALTER TABLE "{name}" ALTER COLUMN "{col.name}" DROP NOT NULL'))
+                log.info("table %s: column %s is optional now", name, col.name)
+    _UPGRADED.setdefault(engine, set()).add(name)
+
+
 def ensure_table(engine: sa.Engine, name: str, frame: pd.DataFrame) -> sa.Table:
-    """Create ``name`` if missing: canonical tables from their spec, others from the frame's dtypes."""
+    """Create ``name`` if missing: canonical tables from their spec, others from the frame's dtypes.
+
+    A declared table that exists is brought up to its spec (see :func:`_upgrade_declared`)."""
     metadata = sa.MetaData()
     if name in DECLARED:
         table = DECLARED[name].sa_table(metadata)
     else:
         table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns])
+    if name in DECLARED and name not in _UPGRADED.get(engine, ()) and table_exists(engine, name):
+        _upgrade_declared(engine, name)
     table.create(engine, checkfirst=True)
     if engine.dialect.name == "postgresql" and name in DECLARED:
         for cols in DECLARED[name].indexes:

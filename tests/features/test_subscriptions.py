@@ -14,7 +14,7 @@ from churnflow import schema
 from churnflow.contracts import CONTRACTS, check
 from churnflow.demo_data import generate_book, write_book
 from churnflow.settings import Settings
-from churnflow.warehouse import replace_rows
+from churnflow.warehouse import read_sql, replace_rows
 from features.build import build_features, next_renewal
 from features.labels import (
     active_accounts,
@@ -320,3 +320,16 @@ def test_leak_warnings_flag_outcome_columns_and_stay_quiet_on_honest_terms() -> 
 
     stated = _terms().assign(billing_period=None, renewal_date=pd.Timestamp("2026-12-01"))
     assert any(w.startswith("subscriptions.renewal_date") for w in subscription_leak_warnings(stated, run))
+
+
+def test_a_subscriptions_table_from_before_open_ended_terms_is_upgraded_on_write(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            'CREATE TABLE subscriptions (subscription_id VARCHAR NOT NULL, account_id VARCHAR NOT NULL, plan VARCHAR NOT NULL, '
+            'seats BIGINT NOT NULL, arr DOUBLE PRECISION NOT NULL, start_date DATE NOT NULL, end_date DATE NOT NULL, '
+            'cancelled_at TIMESTAMP, auto_renew BOOLEAN NOT NULL)'))
+    frame = schema.coerce(subs({"subscription_id": "S1", "account_id": "A", "plan": "p", "seats": 1, "arr": 1.0,
+                                "start_date": "2026-01-01", "billing_period": "month"}), schema.SUBSCRIPTIONS)
+    replace_rows(engine, "subscriptions", frame, replace_all=True)
+    stored = read_sql(engine, "SELECT subscription_id, end_date, billing_period, renewal_date FROM subscriptions")
+    assert stored["billing_period"].tolist() == ["month"] and stored["end_date"].isna().all()
