@@ -211,7 +211,8 @@ def labels_for_dates(
            "LEFT JOIN next_churn ON next_churn.account_id = active.account_id")
     frames = [_label_frame(read_sql(engine, sql, rule_params(as_of, grace_days)), as_of, horizon_days, lead_days) for as_of in dates]
     if not frames:
-        return _label_frame(pd.DataFrame({"account_id": [], "churn_date": []}), date(2000, 1, 1), horizon_days, lead_days)
+        return pd.DataFrame({"as_of_date": pd.Series(dtype="datetime64[ns]"), "account_id": pd.Series(dtype=object),
+                             "churned": pd.Series(dtype=int), "churn_date": pd.Series(dtype="datetime64[ns]")})
     return pd.concat(frames, ignore_index=True)
 
 
@@ -279,21 +280,25 @@ def coverage_blocks(subscriptions: pd.DataFrame, grace_days: int) -> pd.DataFram
     if "cancelled_at" not in subs:
         subs["cancelled_at"] = pd.NaT
     engine = _frame_engine(subs)
-    sql = (f"WITH {_COVERAGE_EVENTS}\nSELECT account_id, stretch_start, stretch_end, next_start FROM cov_next "
-           "ORDER BY account_id, stretch_start")
+    sql = (f"WITH {_COVERAGE_EVENTS}\nSELECT account_id, stretch_start, "
+           "CASE WHEN stretch_end < :open_end THEN stretch_end END AS stretch_end FROM cov_next ORDER BY account_id, stretch_start")
     try:
         stretches = read_sql(engine, sql, rule_params(date(2000, 1, 1)))
     finally:
         engine.dispose()
-    for col in ("stretch_start", "stretch_end", "next_start"):
+    for col in ("stretch_start", "stretch_end"):
         stretches[col] = pd.to_datetime(stretches[col]).astype("datetime64[ns]")
-    # A stretch starts a new block unless it follows the previous one within the grace period.
+    # A stretch starts a new block unless it follows the previous one within the grace period
+    # (an open stretch is always an account's last: it covers everything after its start).
+    first = ~stretches["account_id"].duplicated()
     prev_end = stretches.groupby("account_id")["stretch_end"].shift(1)
-    new_block = prev_end.isna() | ((stretches["stretch_start"] - prev_end).dt.days > grace_days)
+    new_block = first | ((stretches["stretch_start"] - prev_end).dt.days > grace_days)
     stretches["block"] = new_block.astype(int).groupby(stretches["account_id"]).cumsum()
-    blocks = stretches.groupby(["account_id", "block"]).agg(block_start=("stretch_start", "min"), block_end=("stretch_end", "last")).reset_index()
-    blocks["block_end"] = blocks["block_end"].where(blocks["block_end"] < pd.Timestamp(_OPEN_END))
-    return blocks.drop(columns="block")
+    stretches["open"] = stretches["stretch_end"].isna()
+    blocks = stretches.groupby(["account_id", "block"]).agg(
+        block_start=("stretch_start", "min"), block_end=("stretch_end", "max"), is_open=("open", "any")).reset_index()
+    blocks["block_end"] = blocks["block_end"].where(~blocks["is_open"])
+    return blocks.drop(columns=["block", "is_open"])
 
 
 def labels_as_of(
