@@ -153,29 +153,28 @@ SELECT account_id, start_date, end_date, renewal_date, billing_period FROM activ
 PERIOD_MONTHS: dict[str, int] = {"month": 1, "quarter": 3, "year": 12}
 
 
-def _add_months(anchor: pd.Series, months: np.ndarray) -> pd.Series:
+def _add_months(anchor: pd.Series, months: np.ndarray) -> np.ndarray:
     """``anchor`` plus whole months, the day clipped to the month's end (Jan 31 + 1 month = Feb 28/29)."""
-    a = pd.to_datetime(anchor)
-    month_index = (a.dt.year.to_numpy() * 12 + a.dt.month.to_numpy() - 1 + months).astype("int64")
-    first = pd.to_datetime(pd.DataFrame({"year": month_index // 12, "month": month_index % 12 + 1, "day": 1}))
-    last_day = (first + pd.offsets.MonthEnd(0)).dt.day.to_numpy()
-    day = np.minimum(a.dt.day.to_numpy(), last_day)
-    return pd.Series(first.to_numpy() + pd.to_timedelta(day - 1, unit="D").to_numpy(), index=anchor.index)
+    a = pd.to_datetime(anchor).to_numpy(dtype="datetime64[D]")
+    month = a.astype("datetime64[M]") + months.astype("int64")
+    day = (a - a.astype("datetime64[M]").astype("datetime64[D]")).astype("int64")
+    month_days = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype("int64")
+    return (month.astype("datetime64[D]") + np.minimum(day, month_days - 1)).astype("datetime64[ns]")
 
 
-def _anniversary_after(anchor: pd.Series, period_months: pd.Series, as_of: pd.Timestamp) -> pd.Series:
-    """The first ``anchor + k * period`` (any whole k) strictly after ``as_of``; NaT where either is missing."""
-    ok = anchor.notna() & period_months.notna()
+def _anniversary_after(anchor: pd.Series, period_months: pd.Series, as_of: pd.Timestamp, where: pd.Series) -> pd.Series:
+    """The first ``anchor + k * period`` (any whole k) strictly after ``as_of``, for rows ``where``
+    both are known; NaT elsewhere."""
+    ok = where & anchor.notna() & period_months.notna()
     out = pd.Series(pd.NaT, index=anchor.index, dtype="datetime64[ns]")
     if not ok.any():
         return out
-    a = pd.to_datetime(anchor[ok])
+    a = anchor[ok]
     p = period_months[ok].astype("int64").to_numpy()
     months_between = (as_of.year * 12 + as_of.month) - (a.dt.year.to_numpy() * 12 + a.dt.month.to_numpy())
     k = np.floor_divide(months_between, p)  # the cycle date in or before as_of's month
     candidate = _add_months(a, k * p)
-    later = _add_months(a, (k + 1) * p)
-    out[ok] = candidate.where(candidate > as_of, later).to_numpy()
+    out[ok] = np.where(candidate > as_of.to_datetime64(), candidate, _add_months(a, (k + 1) * p))
     return out
 
 
@@ -193,9 +192,10 @@ def next_renewal(terms: pd.DataFrame, as_of: date) -> pd.Series:
     renewal = pd.to_datetime(terms["renewal_date"]).astype("datetime64[ns]")
     end = pd.to_datetime(terms["end_date"]).astype("datetime64[ns]")
     start = pd.to_datetime(terms["start_date"]).astype("datetime64[ns]")
-    stated = _anniversary_after(renewal, period, d).where(period.notna(), renewal.where(renewal > d))
+    everywhere = pd.Series(True, index=terms.index)
+    stated = _anniversary_after(renewal, period, d, everywhere).where(period.notna(), renewal.where(renewal > d))
     out = stated.where(stated.notna(), end.where(end > d))
-    return out.where(out.notna(), _anniversary_after(start, period, d))
+    return out.where(out.notna(), _anniversary_after(start, period, d, out.isna()))
 
 
 def days_to_renewal(engine: sa.Engine, as_of: date, params: dict) -> pd.Series:

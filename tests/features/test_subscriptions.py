@@ -115,6 +115,20 @@ def test_next_renewal_from_billing_period_is_exact_and_never_made_up() -> None:
     assert pd.isna(next_renewal(terms, date(2026, 6, 21))["stated_no_cycle"])  # a stale stated date is not used
 
 
+def test_billing_cycle_anniversaries_match_calendar_month_arithmetic() -> None:
+    rng = np.random.default_rng(3)
+    n = 300
+    anchors = pd.Timestamp("2022-01-01") + pd.to_timedelta(rng.integers(0, 2200, n), unit="D")
+    periods = rng.choice(["month", "quarter", "year"], n)
+    terms = pd.DataFrame({"start_date": anchors, "end_date": pd.NaT, "renewal_date": pd.NaT, "billing_period": periods})
+    as_of = date(2025, 3, 30)
+    got = next_renewal(terms, as_of)
+    step = {"month": 1, "quarter": 3, "year": 12}
+    for i in range(n):
+        cycle = [anchors[i] + pd.DateOffset(months=k * step[periods[i]]) for k in range(-80, 80)]
+        assert got[i] == min(c for c in cycle if c > pd.Timestamp(as_of)), (anchors[i], periods[i])
+
+
 # ----------------------------------------------------------------- a crafted book in a real warehouse
 
 
