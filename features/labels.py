@@ -457,3 +457,25 @@ def subscription_leak_warnings(frame: pd.DataFrame, run_date: date) -> list[str]
                 "date is used as is, and an export that froze it when customers left would leak. Map billing_period too."
             )
     return warnings
+
+
+def subscriptions_table_check(frame: pd.DataFrame) -> list[str]:
+    """:func:`subscription_leak_warnings` as an ingest table check (it receives only the rows).
+
+    The run date is today, or the day after the newest start or cancellation in the rows if
+    that is later: an export cannot be older than its own newest row."""
+    stamps = [pd.to_datetime(frame[c]).max() for c in ("start_date", "cancelled_at") if c in frame]
+    run_date = max([date.today(), *[s.date() + timedelta(days=1) for s in stamps if not pd.isna(s)]])
+    return [w.removeprefix("subscriptions.") for w in subscription_leak_warnings(frame, run_date)]
+
+
+def _register_table_checks() -> None:
+    """Let ``churnflow validate`` / ``ingest`` show the leak warnings (when the ingest offers the hook)."""
+    from churnflow import ingest
+
+    register = getattr(ingest, "register_table_check", None)
+    if register is not None:
+        register("subscriptions", subscriptions_table_check)
+
+
+_register_table_checks()

@@ -25,6 +25,7 @@ from features.labels import (
     labels_for_dates,
     observation_end,
     subscription_leak_warnings,
+    subscriptions_table_check,
 )
 
 D = date(2026, 6, 1)
@@ -334,6 +335,10 @@ def test_leak_warnings_flag_outcome_columns_and_stay_quiet_on_honest_terms() -> 
 
     stated = _terms().assign(billing_period=None, renewal_date=pd.Timestamp("2026-12-01"))
     assert any(w.startswith("subscriptions.renewal_date") for w in subscription_leak_warnings(stated, run))
+
+    # as an ingest table check: the run date comes from the rows themselves
+    assert subscriptions_table_check(_terms()) == []
+    assert any(w.startswith("end_date: set on only 10 of 40 rows") for w in subscriptions_table_check(left))
 
 
 def test_a_subscriptions_table_from_before_open_ended_terms_is_upgraded_on_write(engine: sa.Engine) -> None:
