@@ -12,7 +12,8 @@ several is reported once per rule but counted once):
 * required columns are non-null (after mapping defaults and the schema's defaults);
 * enumerations (``kind``, ``priority``) after lower-casing and trimming;
 * numeric ranges, including score ranges that depend on the survey ``kind``;
-* ordering between columns (``end_date > start_date``, ``closed_at >= opened_at``);
+* ordering between columns where both are present (``end_date > start_date``,
+  ``closed_at >= opened_at``, ``reactivated_at >= churn_date``);
 * no timestamp after the run date (timestamp columns only: a subscription's ``end_date``
   is a *date* and is legitimately in the future);
 * referential integrity: ``account_id`` must be a known account;
@@ -59,11 +60,13 @@ CONDITIONAL_RANGES: dict[tuple[str, str], tuple[str, dict[str, tuple[float, floa
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("surveys", "kind"): frozenset(SCORE_SCALES),
     ("tickets", "priority"): frozenset({"low", "normal", "high", "urgent"}),
+    ("subscriptions", "billing_period"): frozenset({"month", "quarter", "year"}),
 }
 """Enumerated columns; incoming values are trimmed and lower-cased before the check."""
 
 ORDERED: dict[str, list[tuple[str, str, bool]]] = {
-    # table: [(later column, earlier column, strict)] -- later > earlier (strict) or >=.
+    # table: [(later column, earlier column, strict)] -- later > earlier (strict) or >=; checked
+    # only where both are present (an open-ended subscription has no end_date).
     "subscriptions": [("end_date", "start_date", True)],
     "tickets": [("closed_at", "opened_at", False)],
     "churn_events": [("reactivated_at", "churn_date", False)],
@@ -205,6 +208,8 @@ def check(
         add(frame[col].isna().to_numpy(), col, f"missing required {col}", values=pd.Series([None] * n, dtype=object))
 
     for col, values in contract.allowed.items():
+        if col not in frame.columns:  # an optional column the frame does not carry
+            continue
         s = frame[col]
         add((s.notna() & ~s.isin(values)).to_numpy(), col, f"{col} not one of {', '.join(sorted(values))}")
 

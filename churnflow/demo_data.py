@@ -500,6 +500,7 @@ def _subscriptions(world: DemoWorld) -> pd.DataFrame:
         # The flag as signed. Rewriting it on cancellation would leak the future: the row's
         # current value would reveal a cancellation recorded after an as-of date.
         "auto_renew": auto[rows_a, rows_c],
+        "billing_period": np.where(term[rows_a] == 1, "month", "year"),
     })
     # The first shown term of an account created in the window starts at its creation date.
     return schema.coerce(frame, schema.SUBSCRIPTIONS)

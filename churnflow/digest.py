@@ -25,7 +25,7 @@ Definitions (all dates are naive UTC days):
   (``outreach_tasks.as_of_date``; ``created_at`` is the run's wall clock, which a backfill
   makes useless for weekly counts). Completion is the last status synced from the CRM
   (completion dates are not stored), counted over all sent tasks up to ``week_ending``.
-* **Lift vs holdout** compares the churn label of ``features.labels`` (coverage ends within
+* **Lift vs holdout** compares the churn label of ``features.labels`` (the account churns within
   ``outcome_horizon_days`` of the task's scoring day, no renewal within the grace period)
   between sent tasks and held-out matches, only for labels that have matured by
   ``week_ending`` (horizon + grace passed). Until both groups of a playbook have matured
@@ -67,7 +67,7 @@ import sqlalchemy as sa
 from churnflow.mail import SmtpConfig, send_message, smtp_config
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
-from features.labels import labels_as_of
+from features.labels import labels_for_dates
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -481,7 +481,8 @@ def _subscriptions(engine: sa.Engine) -> pd.DataFrame:
     frame["end_date"] = pd.to_datetime(frame["end_date"]).dt.normalize()
     cancelled = pd.to_datetime(frame["cancelled_at"]).dt.normalize()
     # Coverage ends at the cancellation day when one is recorded (schema: subscriptions).
-    frame["effective_end"] = cancelled.where(cancelled.notna() & (cancelled < frame["end_date"]), frame["end_date"])
+    # An open-ended subscription (no end_date) runs until it is cancelled.
+    frame["effective_end"] = cancelled.where(cancelled.notna() & (frame["end_date"].isna() | (cancelled < frame["end_date"])), frame["end_date"])
     return frame
 
 
@@ -503,7 +504,7 @@ def churn_events(subscriptions: pd.DataFrame, start: date, end: date, grace_days
     )
     pairs = ended[["subscription_id", "account_id", "effective_end"]].merge(others, on="account_id")
     pairs = pairs[pairs["other_id"] != pairs["subscription_id"]]
-    renewing = pairs[(pairs["other_end"] > pairs["effective_end"])
+    renewing = pairs[(pairs["other_end"].isna() | (pairs["other_end"] > pairs["effective_end"]))
                      & (pairs["other_start"] <= pairs["effective_end"] + pd.Timedelta(days=grace_days))]
     return ended[~ended["subscription_id"].isin(set(renewing["subscription_id"]))]
 
@@ -718,12 +719,10 @@ def _outreach(
     elif matured["held_out"].all():
         lift_reason = "no sent tasks with matured outcomes yet"
     else:
-        outcomes = []
-        for day in sorted(matured["as_of_date"].dt.date.unique()):
-            labels = labels_as_of(subs, day, horizon_days=horizon_days, grace_days=grace_days, observed_until=week_ending)
-            outcomes.append(labels.assign(as_of_date=pd.Timestamp(day))[["account_id", "as_of_date", "churned"]])
-        # Accounts no longer covered on the task's day have no outcome and drop out.
-        matured = matured.merge(pd.concat(outcomes, ignore_index=True), on=["account_id", "as_of_date"], how="inner")
+        days = sorted(matured["as_of_date"].dt.date.unique())
+        outcomes = labels_for_dates(engine, days, horizon_days=horizon_days, grace_days=grace_days, observed_until=week_ending)
+        # Accounts no longer active on the task's day have no outcome and drop out.
+        matured = matured.merge(outcomes[["account_id", "as_of_date", "churned"]], on=["account_id", "as_of_date"], how="inner")
         for playbook, g in sorted(matured.groupby("playbook"), key=lambda kv: str(kv[0])):
             t, h = g[~g["held_out"]], g[g["held_out"]]
             if len(t) and len(h):

@@ -91,7 +91,9 @@ ACCOUNTS = TableSpec(
 
 SUBSCRIPTIONS = TableSpec(
     "subscriptions",
-    "Contract terms. Renewals are new rows; churn labels are derived from these.",
+    "Subscriptions or contract terms, as the billing system holds them: fixed terms (a renewal is a new row) "
+    "or open-ended (evergreen, auto-renewing) subscriptions without an end date. Churn is derived from the "
+    "coverage they give unless the mapping names a `churn_events` source (see Churn and labels below).",
     (
         Column("subscription_id", "str", "Stable subscription identifier."),
         Column("account_id", "str", "The account that holds the subscription."),
@@ -99,9 +101,18 @@ SUBSCRIPTIONS = TableSpec(
         Column("seats", "int", "Licensed seats."),
         Column("arr", "float", "Annual recurring revenue of this subscription, in the reporting currency."),
         Column("start_date", "date", "First day covered."),
-        Column("end_date", "date", "Day after the last day covered (exclusive end of term)."),
-        Column("cancelled_at", "timestamp", "When a cancellation was recorded; coverage then ends at that date.", required=False),
-        Column("auto_renew", "bool", "Whether the term renews automatically.", default=False),
+        Column("end_date", "date", "Contractual end of the term as known when the term was signed: the day after the last "
+               "day covered (exclusive). Empty for an open-ended subscription (coverage runs until `cancelled_at`, or is "
+               "ongoing). Never the date the customer left: a column filled only for customers who left is an outcome, "
+               "not a term (`churnflow validate` warns).", required=False),
+        Column("cancelled_at", "timestamp", "When a cancellation was recorded. Coverage ends at the end of that day "
+               "(or at `end_date` if earlier); empty while the subscription is not cancelled.", required=False),
+        Column("auto_renew", "bool", "Whether the term renews automatically, as signed (not rewritten on cancellation).", default=False),
+        Column("billing_period", "str", "The renewal cycle: month, quarter or year (an annual contract invoiced monthly "
+               "is year). Places the next renewal of an open-ended subscription.", required=False),
+        Column("renewal_date", "date", "The next renewal as the billing system states it. With `billing_period` it anchors "
+               "the renewal cycle (the next renewal after a date D is this date plus or minus whole periods), so an "
+               "export taken today still gives the right renewal for any earlier D.", required=False),
     ),
     key=("subscription_id",),
 )
@@ -152,6 +163,21 @@ SURVEYS = TableSpec(
     ),
     key=("response_id",),
     indexes=(("submitted_at",),),
+)
+
+CHURN_EVENTS = TableSpec(
+    "churn_events",
+    "Churn as the customer's own system of record states it (optional; used when the mapping says "
+    "`churn: {source: churn_events}`). One row per churn; a status/date field on an accounts export maps here "
+    "with `keep_rows`.",
+    (
+        Column("account_id", "str", "The account that churned."),
+        Column("churn_date", "date", "First day the account is no longer a customer (a churn at midnight of that day)."),
+        Column("reason", "str", "Churn reason, free text.", required=False),
+        Column("reactivated_at", "date", "First day the account is a customer again, if it came back; a reactivation "
+               "within the grace period cancels the churn.", required=False),
+    ),
+    key=("account_id", "churn_date"),
 )
 
 TRUTH = TableSpec(
@@ -329,19 +355,7 @@ SCORE_BUILDS = TableSpec(
     key=("as_of_date",),
 )
 
-# -- added by the ingest package: optional canonical source, attributes and the ingest manifest
-
-CHURN_EVENTS = TableSpec(
-    "churn_events",
-    "Optional: churn as the customer's source of truth records it (used when the mapping says churn.source: churn_events).",
-    (
-        Column("account_id", "str", "The account that churned."),
-        Column("churn_date", "date", "The day the account churned."),
-        Column("reason", "str", "Why, as recorded.", required=False),
-        Column("reactivated_at", "date", "When the account came back, if it did.", required=False),
-    ),
-    key=("account_id", "churn_date"),
-)
+# -- written by ingest: attribute values and the manifest of each load
 
 ACCOUNT_ATTRIBUTES = TableSpec(
     "account_attributes",

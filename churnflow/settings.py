@@ -10,6 +10,7 @@ never executed.
 from __future__ import annotations
 
 import os
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     label_lead_days: int = Field(0, ge=0, description="Lead time: predict churn in [D + lead, D + lead + horizon); churn sooner than the lead is excluded from training.")
     churn_grace_days: int = Field(30, ge=0, description="An account whose coverage ends is churned only if nothing renews within this many days.")
     training_snapshots: int = Field(12, ge=4, description="How many of the newest monthly as-of dates with matured labels are used (fit + calibration + holdout).")
+    observation_end: date | None = Field(None, description="The day observation ends (labels mature against it). Default: the day after the newest event in any present source (usage, tickets, surveys, churn events, subscription starts). Set it when a source holds events past the data's end (e.g. scheduled cancellations).")
     holdout_snapshots: int = Field(2, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")
 
     # -- features --------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
@@ -151,15 +152,43 @@ def _sa_type(series: pd.Series) -> sa.types.TypeEngine:
     return sa.String()
 
 
+# Declared tables already brought up to their spec, per engine (an engine is one warehouse).
+_UPGRADED: weakref.WeakKeyDictionary[sa.Engine, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _upgrade_declared(bind: sa.Engine | sa.Connection, name: str) -> None:
+    """Bring a declared table created by an older churnflow up to its spec, once per process:
+    add the optional columns it lacks and drop NOT NULL where a column became optional (e.g.
+    ``subscriptions.end_date`` for open-ended subscriptions). Values are never rewritten."""
+    engine = bind.engine
+    if name in _UPGRADED.get(engine, ()):
+        return
+    spec = DECLARED[name]
+    existing = {c["name"]: c for c in sa.inspect(bind).get_columns(name)}
+    with transaction(bind) as conn:
+        for col in spec.columns:
+            kind = spec.sa_table(sa.MetaData()).c[col.name].type.compile(dialect=engine.dialect)
+            if col.name not in existing:
+                conn.execute(sa.text(f'ALTER TABLE "{name}" ADD COLUMN "{col.name}" {kind}'))
+                log.info("table %s: added column %s (declared since the table was created)", name, col.name)
+            elif not col.required and not existing[col.name].get("nullable", True):
+                conn.execute(sa.text(f'ALTER TABLE "{name}" ALTER COLUMN "{col.name}" DROP NOT NULL'))
+                log.info("table %s: column %s is optional now", name, col.name)
+    _UPGRADED.setdefault(engine, set()).add(name)
+
+
 def ensure_table(engine: sa.Engine | sa.Connection, name: str, frame: pd.DataFrame) -> sa.Table:
     """Create ``name`` if missing: declared tables from their spec (with their key), others from
-    the frame's dtypes. A declared table created before its key was enforced gets the key now."""
+    the frame's dtypes. A declared table that exists is brought up to its spec: columns added
+    since (see :func:`_upgrade_declared`) and its key, if an older churnflow created it without."""
     metadata = sa.MetaData()
     if name in DECLARED:
         table = DECLARED[name].sa_table(metadata)
     else:
         table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns])
     existed = table_exists(engine, name)
+    if name in DECLARED and existed and name not in _UPGRADED.get(engine.engine, ()):
+        _upgrade_declared(engine, name)
     table.create(engine, checkfirst=True)
     if existed and name in DECLARED and DECLARED[name].key and DECLARED[name].key_is_primary:
         _ensure_key(engine, name, DECLARED[name].key)

@@ -23,7 +23,9 @@ import sqlalchemy as sa
 from churnflow import schema
 from churnflow.fingerprint import source_version
 from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
+from churnflow.manifest import available_tables, read_manifest
 from features.catalogue import BY_NAME, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
+from features.labels import active_accounts
 from features.rollups import RollupReport, refresh_survey_text, refresh_usage_rollups
 from features.text import TOPICS
 
@@ -98,20 +100,31 @@ GROUP BY account_id
 ACCOUNTS_SQL = "SELECT account_id, segment, created_at FROM accounts WHERE created_at < :as_of"
 
 # Commercial state as known at D: terms started before D; a cancellation recorded on or after
-# D is invisible. The main term (plan, auto-renew) is the active one with the highest ARR; a
-# downgrade is a term started in the last year at lower ARR than the account's term before it.
-COMMERCIAL_SQL = """
-WITH known AS (
-  SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew,
+# D is invisible. A term is in force at D while it is not cancelled and its end_date is empty
+# (open-ended) or after D: a term ending at midnight D is over. Only when every term of the
+# account ends exactly at D does it stand for the renewal that starts on D (the account is
+# active then only if that renewal exists: features.labels.active_accounts decides who is).
+# The main term (plan, auto-renew) is the in-force one with the highest ARR; a downgrade is a
+# term started in the last year at lower ARR than the account's term before it.
+_COMMERCIAL_TERMS = """
+known AS (
+  SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew, billing_period, renewal_date,
     CASE WHEN cancelled_at < :as_of THEN cancelled_at END AS cancelled_at
   FROM subscriptions
   WHERE start_date < :as_of
-), active AS (
-  SELECT account_id, plan, seats, arr, end_date, auto_renew,
-    ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY arr DESC, subscription_id) AS arr_rank
+), uncancelled AS (
+  SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew, billing_period, renewal_date,
+    MAX(CASE WHEN end_date IS NULL OR end_date > :as_of THEN 1 ELSE 0 END) OVER (PARTITION BY account_id) AS runs_past_d
   FROM known
-  WHERE end_date >= :as_of AND cancelled_at IS NULL
-), terms AS (
+  WHERE cancelled_at IS NULL AND (end_date IS NULL OR end_date >= :as_of)
+), active AS (
+  SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew, billing_period, renewal_date,
+    ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY arr DESC, subscription_id) AS arr_rank
+  FROM uncancelled
+  WHERE end_date IS NULL OR end_date > :as_of OR runs_past_d = 0
+)"""
+
+COMMERCIAL_SQL = "WITH " + _COMMERCIAL_TERMS + """, terms AS (
   SELECT account_id, start_date, arr,
     LAG(arr) OVER (PARTITION BY account_id ORDER BY start_date, subscription_id) AS previous_arr
   FROM known
@@ -124,13 +137,76 @@ SELECT active.account_id,
   SUM(active.arr) AS arr,
   SUM(active.seats) AS seats,
   MAX(CASE WHEN active.arr_rank = 1 THEN active.plan END) AS plan,
-  MIN(active.end_date) AS first_end_date,
   MAX(CASE WHEN active.arr_rank = 1 THEN CASE WHEN active.auto_renew THEN 1.0 ELSE 0.0 END END) AS auto_renew,
   MAX(downgrades.downgrades_365d) AS downgrades_365d
 FROM active
 LEFT JOIN downgrades ON downgrades.account_id = active.account_id
 GROUP BY active.account_id
 """
+
+# The in-force terms' renewal inputs; the next renewal is placed in pandas (month arithmetic
+# is not dialect-neutral SQL), see next_renewal.
+RENEWAL_TERMS_SQL = "WITH " + _COMMERCIAL_TERMS + """
+SELECT account_id, start_date, end_date, renewal_date, billing_period FROM active
+"""
+
+PERIOD_MONTHS: dict[str, int] = {"month": 1, "quarter": 3, "year": 12}
+
+
+def _add_months(anchor: pd.Series, months: np.ndarray) -> np.ndarray:
+    """``anchor`` plus whole months, the day clipped to the month's end (Jan 31 + 1 month = Feb 28/29)."""
+    a = pd.to_datetime(anchor).to_numpy(dtype="datetime64[D]")
+    month = a.astype("datetime64[M]") + months.astype("int64")
+    day = (a - a.astype("datetime64[M]").astype("datetime64[D]")).astype("int64")
+    month_days = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype("int64")
+    return (month.astype("datetime64[D]") + np.minimum(day, month_days - 1)).astype("datetime64[ns]")
+
+
+def _anniversary_after(anchor: pd.Series, period_months: pd.Series, as_of: pd.Timestamp, where: pd.Series) -> pd.Series:
+    """The first ``anchor + k * period`` (any whole k) strictly after ``as_of``, for rows ``where``
+    both are known; NaT elsewhere."""
+    ok = where & anchor.notna() & period_months.notna()
+    out = pd.Series(pd.NaT, index=anchor.index, dtype="datetime64[ns]")
+    if not ok.any():
+        return out
+    a = anchor[ok]
+    p = period_months[ok].astype("int64").to_numpy()
+    months_between = (as_of.year * 12 + as_of.month) - (a.dt.year.to_numpy() * 12 + a.dt.month.to_numpy())
+    k = np.floor_divide(months_between, p)  # the cycle date in or before as_of's month
+    candidate = _add_months(a, k * p)
+    out[ok] = np.where(candidate > as_of.to_datetime64(), candidate, _add_months(a, (k + 1) * p))
+    return out
+
+
+def next_renewal(terms: pd.DataFrame, as_of: date) -> pd.Series:
+    """The next renewal after ``as_of`` of each term (start_date, end_date, renewal_date, billing_period).
+
+    In order: the billing system's ``renewal_date`` (with a billing period it anchors the
+    cycle, so an export taken later still places the renewal right for an earlier D; without
+    one it is used when after D); else ``end_date`` when after D; else the next anniversary
+    of ``start_date`` by billing period; else unknown (NaT), never a made-up date.
+    """
+    d = pd.Timestamp(_ts(as_of))
+    period = terms["billing_period"].map(PERIOD_MONTHS) if "billing_period" in terms else pd.Series(np.nan, index=terms.index)
+    period = pd.to_numeric(period, errors="coerce")
+    renewal = pd.to_datetime(terms["renewal_date"]).astype("datetime64[ns]")
+    end = pd.to_datetime(terms["end_date"]).astype("datetime64[ns]")
+    start = pd.to_datetime(terms["start_date"]).astype("datetime64[ns]")
+    everywhere = pd.Series(True, index=terms.index)
+    stated = _anniversary_after(renewal, period, d, everywhere).where(period.notna(), renewal.where(renewal > d))
+    out = stated.where(stated.notna(), end.where(end > d))
+    return out.where(out.notna(), _anniversary_after(start, period, d, out.isna()))
+
+
+def days_to_renewal(engine: sa.Engine, as_of: date, params: dict) -> pd.Series:
+    """Days from D to each active account's earliest next renewal (NaN when unknown)."""
+    terms = read_sql(engine, RENEWAL_TERMS_SQL, params)
+    if terms.empty:
+        return pd.Series(dtype=float, name="days_to_renewal")
+    terms["next_renewal"] = next_renewal(terms, as_of)
+    first = terms.groupby("account_id")["next_renewal"].min()
+    return ((first - pd.Timestamp(_ts(as_of))).dt.days).astype(float).rename("days_to_renewal")
+
 
 # Support: a ticket's close, reopen flag and CSAT are known at D only if it closed before D.
 SUPPORT_SQL = """
@@ -196,9 +272,14 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> p
         refresh_derived(engine, as_of)
     params = bounds(as_of)
     accounts = _per_account(engine, ACCOUNTS_SQL, params)
-    commercial = _per_account(engine, COMMERCIAL_SQL, params)
-    commercial["days_to_renewal"] = (pd.to_datetime(commercial["first_end_date"]) - params["as_of"]).dt.days
-    active_ids = commercial.index.intersection(accounts.index)
+    if "subscriptions" in available_tables(engine):
+        commercial = _per_account(engine, COMMERCIAL_SQL, params)
+        commercial = commercial.join(days_to_renewal(engine, as_of, params))
+    else:  # no subscriptions (churn from churn_events): commercial features are unknown
+        commercial = pd.DataFrame(columns=["arr", "seats", "plan", "auto_renew", "downgrades_365d", "days_to_renewal"],
+                                  index=pd.Index([], name="account_id"), dtype=float)
+    # The same rule as the labels: features exist for exactly the accounts labels can be given.
+    active_ids = active_accounts(engine, as_of).intersection(accounts.index)
     frame = pd.DataFrame(index=pd.Index(active_ids, name="account_id"))
     if len(frame.index) == 0:
         log.warning("no active accounts as of %s", as_of)
@@ -270,15 +351,17 @@ def as_model_frame(features: pd.DataFrame, names: list[str] | None = None) -> pd
 # The rows features as of D read, per input table: (columns, rows-known-at-D condition).
 _FINGERPRINTED: dict[str, tuple[list[str], str]] = {
     "accounts": (["account_id", "segment", "created_at"], "created_at < :as_of"),
-    "subscriptions": (["subscription_id", "account_id", "plan", "seats", "arr", "start_date", "end_date", "cancelled_at", "auto_renew"],
-                      "start_date < :as_of"),
+    # start_date = D too: a renewal starting on D keeps an account whose term ends on D active.
+    "subscriptions": (["subscription_id", "account_id", "plan", "seats", "arr", "start_date", "end_date", "cancelled_at", "auto_renew",
+                       "billing_period", "renewal_date"], "start_date <= :as_of"),
+    "churn_events": (["account_id", "churn_date", "reactivated_at"], "churn_date <= :as_of"),
     "tickets": (["ticket_id", "account_id", "opened_at", "closed_at", "priority", "first_response_minutes", "reopened"], "opened_at < :as_of"),
     "surveys": (["response_id", "account_id", "submitted_at", "kind", "score", "comment"], "submitted_at >= :d365 AND submitted_at < :as_of"),
 }
 
 
 # The code a day's features are a function of (part of their fingerprint).
-BUILDER_MODULES = ("features.build", "features.catalogue", "features.rollups", "features.text")
+BUILDER_MODULES = ("features.build", "features.catalogue", "features.labels", "features.rollups", "features.text")
 
 
 def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
@@ -289,8 +372,12 @@ def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
     call it after :func:`refresh_derived`. Any changed value changes the fingerprint.
     """
     params = bounds(as_of)
-    parts = [FEATURE_SET_VERSION, source_version(*BUILDER_MODULES), as_of.isoformat()]
+    present = available_tables(engine)
+    parts = [FEATURE_SET_VERSION, source_version(*BUILDER_MODULES), as_of.isoformat(), read_manifest(engine).churn_source]
     for table, (columns, condition) in _FINGERPRINTED.items():
+        if table not in present:
+            parts.append(f"{table}:absent")
+            continue
         sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM "{table}" WHERE {condition}'
         row = read_sql(engine, sql, params).iloc[0]
         parts.append(f"{table}:{int(row['n'])}:{row['h']}")

@@ -119,7 +119,7 @@ CATALOGUE: tuple[Feature, ...] = (
       "On the {value} plan", None, ("starter", "growth", "enterprise", "other")),
     F("segment", "commercial", "Customer segment", "category", "category",
       "A {value} customer", None, ("smb", "mid_market", "enterprise", "other")),
-    F("days_to_renewal", "commercial", "Days until the current term ends", "days", "lower",
+    F("days_to_renewal", "commercial", "Days until the next renewal (renewal date, term end or billing-cycle anniversary; empty when unknown)", "days", "lower",
       "Renewal is due in {value:.0f} days"),
     F("auto_renew", "commercial", "Whether the current term renews automatically (1 yes, 0 no)", "flag", "lower",
       "Auto-renew is {onoff}"),

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, replace_rows, table_exists
 from features.catalogue import BY_NAME
-from features.labels import is_matured, labels_as_of, load_subscriptions
+from features.labels import is_matured, labels_for_dates
 from models.churn_model import ChurnModel
 from models.evaluate import classification_metrics
 
@@ -107,11 +107,11 @@ def realized_performance(engine: sa.Engine, settings: Settings, as_of: date, mod
         params["v"] = model_version
     days = sorted(pd.to_datetime(read_sql(engine, sql, params)["as_of_date"]).dt.date)
     matured = [d for d in days if is_matured(d, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=as_of, lead_days=settings.label_lead_days)]
-    subs = load_subscriptions(engine) if matured else None
     rows = []
     for day in matured:
         scores = read_sql(engine, "SELECT account_id, p_churn FROM account_scores WHERE as_of_date = :d", {"d": datetime(day.year, day.month, day.day)})
-        labels = labels_as_of(subs, day, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=as_of, lead_days=settings.label_lead_days)
+        labels = labels_for_dates(engine, [day], horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days,
+                                  observed_until=as_of, lead_days=settings.label_lead_days)
         joined = scores.merge(labels, on="account_id")
         if joined.empty:
             continue

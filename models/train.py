@@ -25,7 +25,7 @@ from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
 from features.build import as_model_frame, build_features, refresh_derived
 from features.catalogue import FEATURE_NAMES, FEATURE_SET_VERSION
-from features.labels import data_window, label_snapshots, load_subscriptions, training_dates
+from features.labels import data_window, labels_for_dates, training_dates
 from models.churn_model import ChurnModel, PlattCalibrator
 from models.monitor import reference_profile
 from models.evaluate import classification_metrics, oracle_probability
@@ -55,7 +55,7 @@ class TrainResult:
 
 def build_training_set(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainingSet:
     """Features joined with matured labels over monthly as-of dates."""
-    first, last = data_window(engine)
+    first, last = data_window(engine, settings)
     observed_until = observed_until or last
     dates = training_dates(
         data_start=first,
@@ -76,9 +76,8 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
         )
     calibration, fit = earlier[-1], earlier[:-1]
     used = [*fit, calibration, *holdout]
-    subs = load_subscriptions(engine)
-    labels = label_snapshots(
-        subs, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until,
+    labels = labels_for_dates(
+        engine, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until,
         lead_days=settings.label_lead_days,
     )
     refresh_derived(engine, min(used))  # once: every snapshot below reads the same rollups
@@ -194,7 +193,7 @@ def evaluate_and_register(
     hold = holdout_rows(ts)
     fit = ts.frame[ts.frame["as_of_date"].dt.date.isin(ts.fit_dates)]
     model.reference = reference_profile(fit, model)
-    first, _ = data_window(engine)
+    first, _ = data_window(engine, settings)
     with mlflow.start_run(run_name=run_name or f"train-{ts.observed_until}") as run:
         mlflow.log_params({k: v for k, v in lgb_params(settings).items() if k != "verbose"})
         mlflow.log_params(

@@ -7,7 +7,7 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from features.labels import coverage_blocks, labels_as_of, training_dates
+from features.labels import coverage_blocks, label_snapshots, labels_as_of, labels_for_dates, load_subscriptions, training_dates
 
 
 def subs(*rows: tuple[str, str, str, str | None]) -> pd.DataFrame:
@@ -22,7 +22,7 @@ BOOK = subs(
     ("late_renewal", "2025-01-01", "2026-01-01", None),
     ("late_renewal", "2026-01-20", "2027-01-20", None),  # 19-day gap < 30-day grace: no churn
     ("lapses", "2025-01-01", "2026-01-01", None),  # nothing after: churns 2026-01-01
-    ("cancels", "2025-06-01", "2026-06-01", "2025-12-15 10:30"),  # churns on the cancellation day
+    ("cancels", "2025-06-01", "2026-06-01", "2025-12-15 10:30"),  # churns the day after the cancellation day
     ("gap_too_long", "2025-01-01", "2026-01-01", None),
     ("gap_too_long", "2026-03-15", "2027-03-15", None),  # 73 days later: churned, then came back
 )
@@ -32,7 +32,8 @@ def test_coverage_blocks_merge_within_grace() -> None:
     blocks = coverage_blocks(BOOK, grace_days=30)
     counts = blocks.groupby("account_id").size().to_dict()
     assert counts == {"renews": 1, "late_renewal": 1, "lapses": 1, "cancels": 1, "gap_too_long": 2}
-    assert blocks.set_index("account_id").loc["cancels", "block_end"] == pd.Timestamp("2025-12-15")
+    # covered through the day the cancellation was recorded: not a customer from the next day
+    assert blocks.set_index("account_id").loc["cancels", "block_end"] == pd.Timestamp("2025-12-16")
 
 
 def test_labels_follow_the_definition() -> None:
@@ -73,3 +74,22 @@ def test_lead_time_shifts_the_window_and_excludes_churn_too_soon_to_act_on() -> 
     assert led.loc["lapses", "churned"] == 1  # 2026-01-01 is inside [D + 30, D + 120)
     with pytest.raises(ValueError, match="not matured"):
         labels_as_of(BOOK, date(2026, 4, 1), lead_days=60, **kwargs)
+
+
+def test_open_ended_coverage_has_no_block_end() -> None:
+    book = pd.concat([BOOK, pd.DataFrame([{"account_id": "evergreen", "start_date": pd.Timestamp("2025-01-01"), "end_date": pd.NaT,
+                                           "cancelled_at": pd.NaT}])], ignore_index=True)
+    blocks = coverage_blocks(book, grace_days=30).set_index("account_id")
+    assert pd.isna(blocks.loc["evergreen", "block_end"])
+    labels = labels_as_of(book, date(2025, 11, 1), horizon_days=90, grace_days=30, observed_until=date(2026, 6, 1)).set_index("account_id")
+    assert labels.loc["evergreen", "churned"] == 0 and pd.isna(labels.loc["evergreen", "churn_date"])
+
+
+def test_the_warehouse_and_the_frame_api_give_the_same_labels(book_engine) -> None:  # type: ignore[no-untyped-def]
+    dates = [date(2025, 12, 1), date(2026, 3, 1), date(2026, 6, 1)]
+    kwargs = {"horizon_days": 90, "grace_days": 30, "observed_until": date(2026, 11, 1)}
+    from_engine = labels_for_dates(book_engine, dates, **kwargs)
+    from_frame = label_snapshots(load_subscriptions(book_engine), dates, **kwargs)
+    assert list(from_engine.columns) == ["as_of_date", "account_id", "churned", "churn_date"]
+    assert from_engine["churned"].sum() > 10
+    pd.testing.assert_frame_equal(from_engine, from_frame)
