@@ -120,3 +120,29 @@ def label_snapshots(
         labels.insert(0, "as_of_date", _ts(as_of))
         frames.append(labels)
     return pd.concat(frames, ignore_index=True)
+
+
+# -- shared interface (thin versions until the subs package's churn-source dispatch lands) ----
+
+
+def labels_for_dates(
+    engine: sa.Engine, as_of_dates: Iterable[date], *, horizon_days: int, grace_days: int, observed_until: date, lead_days: int = 0
+) -> pd.DataFrame:
+    """Labels for several as-of dates: as_of_date (Timestamp), account_id, churned (0/1), churn_date.
+
+    The one place trainers and the readiness profile get labels from, so both count the
+    same churners."""
+    dates = list(as_of_dates)
+    if not dates:
+        return pd.DataFrame({"as_of_date": pd.Series(dtype="datetime64[ns]"), "account_id": pd.Series(dtype=object),
+                             "churned": pd.Series(dtype=int), "churn_date": pd.Series(dtype="datetime64[ns]")})
+    return label_snapshots(
+        load_subscriptions(engine), dates, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until,
+        lead_days=lead_days,
+    )
+
+
+def observation_end(engine: sa.Engine, settings: object) -> date:
+    """The day after the last observed event (the ``observation_end`` setting wins when set)."""
+    configured = getattr(settings, "observation_end", None)
+    return configured if isinstance(configured, date) else data_window(engine)[1]
