@@ -53,11 +53,20 @@ def labels_as_of(
 
     Raises ValueError if the label has not matured by ``observed_until``.
     """
+    return labels_from_blocks(
+        coverage_blocks(subscriptions, grace_days), as_of, horizon_days=horizon_days, grace_days=grace_days,
+        observed_until=observed_until, lead_days=lead_days,
+    )
+
+
+def labels_from_blocks(
+    blocks: pd.DataFrame, as_of: date, *, horizon_days: int, grace_days: int, observed_until: date, lead_days: int = 0
+) -> pd.DataFrame:
+    """:func:`labels_as_of` from already merged coverage blocks (merged once for many dates)."""
     if not is_matured(as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until, lead_days=lead_days):
         raise ValueError(
             f"labels as of {as_of} are not matured by {observed_until} (need {lead_days}+{horizon_days}+{grace_days} days)"
         )
-    blocks = coverage_blocks(subscriptions, grace_days)
     d = _ts(as_of)
     window_start = d + pd.Timedelta(days=lead_days)
     covering = blocks[(blocks["block_start"] < d) & (blocks["block_end"] >= window_start)]
@@ -113,9 +122,10 @@ def label_snapshots(
     lead_days: int = 0,
 ) -> pd.DataFrame:
     frames = []
+    blocks = coverage_blocks(subscriptions, grace_days)  # once for every date
     for as_of in as_of_dates:
-        labels = labels_as_of(
-            subscriptions, as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until, lead_days=lead_days
+        labels = labels_from_blocks(
+            blocks, as_of, horizon_days=horizon_days, grace_days=grace_days, observed_until=observed_until, lead_days=lead_days
         )
         labels.insert(0, "as_of_date", _ts(as_of))
         frames.append(labels)

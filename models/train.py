@@ -179,11 +179,12 @@ def refusal_fix(engine: sa.Engine, settings: Settings, data_start: date, observe
     from models.readiness import suggest_settings
 
     suggestion = suggest_settings(engine, settings, data_start, observed_until)
-    generic = "weekly snapshots (snapshot_cadence = \"weekly\"), a shorter horizon (horizon_days) or more history; `churnflow profile` shows what each option gives"
     if suggestion is None:
-        return f"no cadence or horizon gives enough churners on this history: more history or more accounts ({generic})"
+        return ("more history or more accounts: no snapshot cadence (monthly, weekly) or horizon (30-180 days) gives enough "
+                "churned accounts on this history; `churnflow profile` shows the counts for each")
     changes = ", ".join(f"{k} = {v!r}" for k, v in suggestion.changes.items())
-    return f"{changes} would give {suggestion.describe_counts()} churned accounts in fit / calibration / holdout ({generic})"
+    return (f"set {changes}: that gives {suggestion.describe_counts()} churned accounts in fit / calibration / holdout "
+            "(or add history); `churnflow profile` shows the counts for each option")
 
 
 def build_training_set(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainingSet:
