@@ -420,3 +420,7 @@ def _print_counts(title: str, counts: dict[str, int]) -> None:
         table.add_row(name, f"{rows:,}")
     console.print(table)
 
+
+
+if __name__ == "__main__":  # `python -m churnflow.cli ...` runs this checkout's code
+    app()
