@@ -97,6 +97,8 @@ class ReadinessReport:
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["ready"] = self.ready
+        for split, data in zip(self.splits, out["splits"]):
+            data["ok"] = split.ok
         return out
 
     def describe(self) -> str:

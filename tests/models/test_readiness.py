@@ -118,6 +118,7 @@ def test_profile_command_prints_text_and_json(tmp_path: Path, monkeypatch: pytes
     data = json.loads(raw.output)
     assert data["ready"] is False and data["verdict"].startswith("not ready")
     assert {s["cadence"] for s in data["splits"]} == {"monthly", "weekly"}
+    assert not any(s["ok"] for s in data["splits"]) and all(s["slices"]["holdout"]["churners"] < 30 for s in data["splits"])
     assert {s["table"] for s in data["sources"]} == {"usage", "tickets", "surveys", "subscriptions"}
 
 
