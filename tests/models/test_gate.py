@@ -252,3 +252,22 @@ def test_scores_band_by_the_champions_base_rate(trained_home: Settings) -> None:
     assert (stored.loc[red, "model_band"] == "red").all() and (stored.loc[yellow, "model_band"] == "yellow").all()
     assert (stored.loc[~red & ~yellow, "model_band"] == "green").all()
     assert set(SLICES) == {"fit", "calibration", "holdout"}
+
+
+def test_a_refused_retraining_keeps_the_champion_and_score_says_so(fitted, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, ts, model, _ = fitted
+    engine = get_engine(settings.warehouse)
+    lenient = settings.model_copy(update={"gate_min_auc": 0.5, "gate_max_ece": 1.0, "gate_max_feature_share": 1.0})
+    try:
+        load_model(settings)
+    except NoChampionError:
+        assert evaluate_and_register(engine, lenient, ts, model, run_name="champion-for-refusal").promoted
+    champion = load_model(settings).version
+    production = settings.model_copy(update=PRODUCTION_GATE)
+    with pytest.raises(InsufficientDataError):
+        train(engine, production)
+    assert load_model(settings).version == champion  # it passed its own gate; it keeps serving
+    monkeypatch.setenv("CHURNFLOW_HOME", str(settings.home))
+    scored = runner.invoke(app, ["score", "--as-of", "2026-10-01"])
+    assert scored.exit_code == 0, scored.output
+    assert "note: the last training on" in scored.output and "was refused" in scored.output and "earlier champion" in scored.output
