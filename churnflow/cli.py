@@ -334,7 +334,9 @@ def demo_cmd(
     elapsed = (datetime.now() - started).total_seconds()
     _print_counts("demo book", result["book"])
     trained = result["train"]
-    console.print(f"\n[bold]model[/bold] v{trained['model_version']}: holdout AUC {trained['roc_auc']:.3f} (oracle {trained.get('oracle_roc_auc', float('nan')):.3f}); {trained['reason']}")
+    from models.train import describe_auc
+
+    console.print(f"\n[bold]model[/bold] v{trained['model_version']}: holdout {escape(describe_auc(trained))} (oracle {trained.get('oracle_roc_auc', float('nan')):.3f}); {escape(str(trained['reason']))}")
     daily = result["daily"]
     console.print(f"[bold]daily[/bold] as of {daily['as_of']}: {daily['accounts_scored']} accounts scored {daily['bands']}, {daily['tasks_created']} tasks, CRM: {daily['crm']}")
     console.print(f"\n[bold green]Done in {elapsed:.0f} s.[/bold green] Where to look:")

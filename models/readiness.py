@@ -20,7 +20,7 @@ from datetime import date
 import pandas as pd
 import sqlalchemy as sa
 
-from churnflow.manifest import available_tables
+from churnflow.manifest import available_tables, read_manifest
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql
 from features.labels import data_window, labels_for_dates, observation_end
@@ -276,9 +276,13 @@ def profile_readiness(engine: sa.Engine, settings: Settings) -> ReadinessReport:
     """Readiness of the warehouse for training with ``settings`` (see the module docstring)."""
     started = time.perf_counter()
     tables = available_tables(engine)
-    if "usage" not in tables or "accounts" not in tables:
-        missing = ", ".join(t for t in ("accounts", "usage") if t not in tables)
-        raise InsufficientDataError(f"table(s) {missing} missing from the warehouse", "load your data with `churnflow ingest --mapping sources.yaml`")
+    needed = ["accounts", "usage"] + (["subscriptions"] if read_manifest(engine).churn_source == "coverage" else [])
+    missing = [t for t in needed if t not in tables]
+    if missing:
+        fix = "load your data with `churnflow ingest --mapping sources.yaml`"
+        if missing == ["subscriptions"]:
+            fix += " (churn is derived from subscriptions' coverage: map them, or declare `churn: {source: churn_events}` with a churn_events table)"
+        raise InsufficientDataError(f"table(s) {', '.join(missing)} missing from the warehouse", fix)
     data_start, _ = data_window(engine)
     observed_until = observation_end(engine, settings)
     accounts = int(read_sql(engine, "SELECT COUNT(*) AS n FROM accounts").loc[0, "n"])

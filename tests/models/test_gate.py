@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from churnflow.cli import app
-from churnflow.demo_data import generate_book, write_book
+from churnflow.demo_data import write_book
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine
 from features.labels import data_window, labels_for_dates
