@@ -271,3 +271,15 @@ def test_a_refused_retraining_keeps_the_champion_and_score_says_so(fitted, monke
     scored = runner.invoke(app, ["score", "--as-of", "2026-10-01"])
     assert scored.exit_code == 0, scored.output
     assert "note: the last training on" in scored.output and "was refused" in scored.output and "earlier champion" in scored.output
+
+
+def test_too_short_a_history_is_refused_with_the_days_it_needs() -> None:
+    settings = Settings(**PRODUCTION_GATE)
+    with pytest.raises(InsufficientDataError) as short:
+        plan_split(date(2026, 1, 1), date(2026, 9, 1), settings)
+    assert "matured monthly snapshots between 2026-01-01 and 2026-09-01" in short.value.cause
+    assert "more history" in short.value.fix and "the data spans 243" in short.value.fix
+    # Weekly snapshots reach further into the same history, but not past the maturity wait.
+    with pytest.raises(InsufficientDataError, match="weekly"):
+        plan_split(date(2026, 1, 1), date(2026, 9, 1), settings.model_copy(update={"snapshot_cadence": "weekly"}))
+    assert plan_split(date(2025, 1, 1), date(2026, 9, 1), settings).holdout_dates == [date(2026, 4, 1), date(2026, 5, 1)]
