@@ -168,7 +168,7 @@ def profile_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print the 
     if as_json:
         console.print_json(json.dumps(report.to_dict(), default=str))
     else:
-        console.print(report.describe(), markup=False, highlight=False)
+        console.print(report.describe(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("promote")
