@@ -283,3 +283,15 @@ def test_too_short_a_history_is_refused_with_the_days_it_needs() -> None:
     with pytest.raises(InsufficientDataError, match="weekly"):
         plan_split(date(2026, 1, 1), date(2026, 9, 1), settings.model_copy(update={"snapshot_cadence": "weekly"}))
     assert plan_split(date(2025, 1, 1), date(2026, 9, 1), settings).holdout_dates == [date(2026, 4, 1), date(2026, 5, 1)]
+
+
+def test_weekly_training_set_joins_features_and_labels_on_mondays(small_book: dict[str, pd.DataFrame], duck_engine, tmp_path: Path) -> None:
+    write_book(duck_engine, small_book)
+    settings = Settings(home=tmp_path, snapshot_cadence="weekly", training_snapshots=6, holdout_snapshots=1,
+                        min_churners_fit=1, min_churners_calibration=1, min_churners_holdout=1)
+    ts = build_training_set(duck_engine, settings)
+    dates = sorted(ts.frame["as_of_date"].dt.date.unique())
+    assert ts.cadence == "weekly" and all(d.weekday() == 0 for d in dates)
+    assert dates == sorted([*ts.fit_dates, ts.calibration_date, *ts.holdout_dates])
+    assert len(ts.holdout_dates) == 4 and len(dates) > 6  # 1 month = 4 weekly holdout snapshots
+    assert ts.churners == _independent_churners(duck_engine, settings, ts)
