@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from churnflow.settings import Settings
@@ -132,18 +133,43 @@ def features_cmd(
 
 @app.command("train")
 def train_cmd() -> None:
-    """Train on matured monthly snapshots, log to MLflow, register, run the champion gate."""
-    from models.train import train
+    """Train on matured snapshots, log to MLflow, register, run the champion gate (refuses thin data)."""
+    from models.train import InsufficientDataError, describe_auc, train
 
     settings = _settings()
-    result = train(_engine(settings), settings)
+    try:
+        result = train(_engine(settings), settings)
+    except InsufficientDataError as exc:
+        console.print(f"[bold red]training refused[/bold red]: {escape(exc.cause)}", highlight=False, soft_wrap=True)
+        console.print(f"fix: {exc.fix}", markup=False, highlight=False, soft_wrap=True)
+        console.print("(recorded in MLflow as a refused run; no model was fitted or registered)", markup=False)
+        raise typer.Exit(1) from None
     table = Table(title=f"model {settings.model_name} v{result.model_version} (run {result.run_id[:8]})")
     table.add_column("holdout metric")
     table.add_column("value", justify="right")
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
-    console.print(f"gate: {result.reason}")
+    console.print(f"holdout {describe_auc(result.metrics)}", markup=False, highlight=False)
+    console.print(f"gate: {result.reason}", markup=False, highlight=False)
+
+
+@app.command("profile")
+def profile_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False) -> None:
+    """Readiness: history, coverage, billing cadence, churners per slice for monthly and weekly snapshots, a verdict."""
+    from models.readiness import profile_readiness
+    from models.train import InsufficientDataError
+
+    settings = _settings()
+    try:
+        report = profile_readiness(_engine(settings), settings)
+    except (InsufficientDataError, ValueError) as exc:
+        console.print(f"[bold red]not ready[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        console.print(report.describe(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("promote")
@@ -193,11 +219,20 @@ def override_cmd(
 @app.command("score")
 def score_cmd(as_of: AsOf = None) -> None:
     """Score and explain every active account with the champion model into account_scores."""
+    from models.registry import NoChampionError, last_training
     from models.score import score_accounts
 
     settings = _settings()
     day = _as_of(settings, as_of)
-    scores = score_accounts(_engine(settings), settings, day)
+    try:
+        scores = score_accounts(_engine(settings), settings, day)
+    except NoChampionError as exc:
+        console.print(f"[bold red]not scored[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    last = last_training(settings)
+    if last is not None and last.decision == "refused":
+        console.print(f"note: the last training on {last.started:%Y-%m-%d %H:%M} UTC was refused ({last.reason}); scored with the earlier champion",
+                      markup=False, highlight=False)
     console.print(f"scored {len(scores)} accounts as of {day}: {scores['band'].value_counts().to_dict()}")
 
 
@@ -309,7 +344,9 @@ def demo_cmd(
     elapsed = (datetime.now() - started).total_seconds()
     _print_counts("demo book", result["book"])
     trained = result["train"]
-    console.print(f"\n[bold]model[/bold] v{trained['model_version']}: holdout AUC {trained['roc_auc']:.3f} (oracle {trained.get('oracle_roc_auc', float('nan')):.3f}); {trained['reason']}")
+    from models.train import describe_auc
+
+    console.print(f"\n[bold]model[/bold] v{trained['model_version']}: holdout {escape(describe_auc(trained))} (oracle {trained.get('oracle_roc_auc', float('nan')):.3f}); {escape(str(trained['reason']))}")
     daily = result["daily"]
     console.print(f"[bold]daily[/bold] as of {daily['as_of']}: {daily['accounts_scored']} accounts scored {daily['bands']}, {daily['tasks_created']} tasks, CRM: {daily['crm']}")
     console.print(f"\n[bold green]Done in {elapsed:.0f} s.[/bold green] Where to look:")

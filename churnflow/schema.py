@@ -199,7 +199,7 @@ ACCOUNT_SCORES = TableSpec(
         Column("account_id", "str", "The account."),
         Column("p_churn", "float", "Calibrated probability of churn within the horizon."),
         Column("health_score", "int", "0-100, higher is healthier: round(100 * (1 - p_churn))."),
-        Column("band", "str", "green, yellow or red, from the configured p_churn thresholds."),
+        Column("band", "str", "green, yellow or red: p_churn against multiples of the model's training base rate (or the absolute thresholds when set); a pinned override wins."),
         Column("health_change_7d", "float", "Health score now minus 7 days earlier (empty if not scored then).", required=False),
         Column("health_change_30d", "float", "Health score now minus 30 days earlier (empty if not scored then).", required=False),
         Column("arr", "float", "Current ARR of the account."),

@@ -45,9 +45,14 @@ class Settings(BaseSettings):
     horizon_days: int = Field(90, ge=7, description="Churn is predicted within this many days after the as-of date.")
     label_lead_days: int = Field(0, ge=0, description="Lead time: predict churn in [D + lead, D + lead + horizon); churn sooner than the lead is excluded from training.")
     churn_grace_days: int = Field(30, ge=0, description="An account whose coverage ends is churned only if nothing renews within this many days.")
-    training_snapshots: int = Field(12, ge=4, description="How many of the newest monthly as-of dates with matured labels are used (fit + calibration + holdout).")
+    training_snapshots: int = Field(12, ge=4, description="Months of the newest matured as-of dates used (fit + calibration + holdout): 12 monthly snapshots, or 52 weekly ones with snapshot_cadence='weekly'.")
+    holdout_snapshots: int = Field(2, ge=1, description="Months of the newest matured as-of dates held out for evaluation: 2 monthly snapshots, or 9 weekly ones.")
+    snapshot_cadence: Literal["monthly", "weekly"] = Field("monthly", description="As-of dates of the training snapshots: first of each month, or every Monday (more matured snapshots and holdout churners from the same history; the calibration slice stays one snapshot).")
+    min_churners_fit: int = Field(50, ge=1, description="Gate: training refuses before fitting when the fit slice has fewer distinct churned accounts.")
+    min_churners_calibration: int = Field(20, ge=1, description="Gate: training refuses before fitting when the calibration snapshot has fewer distinct churned accounts (Platt scaling and early stopping need positives).")
+    min_churners_holdout: int = Field(30, ge=1, description="Gate: training refuses before fitting when the holdout has fewer distinct churned accounts (below that the AUC's 95% interval is wider than about +-0.1).")
+    bootstrap_resamples: int = Field(500, ge=50, description="Resamples of holdout accounts for the confidence intervals of AUC and lift, and for the paired champion comparison.")
     observation_end: date | None = Field(None, description="The day observation ends (labels mature against it). Default: the day after the newest event in any present source (usage, tickets, surveys, churn events, subscription starts). Set it when a source holds events past the data's end (e.g. scheduled cancellations).")
-    holdout_snapshots: int = Field(2, ge=1, description="How many of the newest matured as-of dates are held out for evaluation.")
 
     # -- features --------------------------------------------------------------------
     feature_reuse: bool = Field(True, description="Reuse a day's stored features when every input row they read is unchanged (set false if another tool rewrites canonical tables behind churnflow's back).")
@@ -59,9 +64,9 @@ class Settings(BaseSettings):
     num_leaves: int = Field(7, ge=2, description="LightGBM num_leaves.")
     min_data_in_leaf: int = Field(80, ge=1, description="LightGBM min_data_in_leaf.")
     seed: int = Field(7, description="Seed for model training and stable hashing.")
-    promotion_margin: float = Field(0.005, ge=0, description="A challenger becomes champion only if its holdout AUC beats the champion's by this much.")
+    promotion_margin: float = Field(0.005, ge=0, description="A challenger becomes champion only if its holdout AUC beats the champion's by this much on the same rows AND the paired-bootstrap 95% lower bound of the gain is above 0.")
     explain_chunk_rows: int = Field(20000, ge=100, description="Rows explained per chunk (bounds memory while explaining every account).")
-    gate_min_auc: float = Field(0.6, ge=0.5, le=1, description="Gate: a model whose holdout AUC is below this is refused (also the realized-AUC floor).")
+    gate_min_auc: float = Field(0.6, ge=0.5, le=1, description="Gate: a model whose holdout AUC 95% lower bound (bootstrap) is below this is refused (also the realized-AUC floor).")
     gate_max_ece: float = Field(0.05, gt=0, le=1, description="Gate: a model whose holdout expected calibration error exceeds this is refused.")
     gate_max_feature_share: float = Field(0.7, gt=0, le=1, description="Gate: refuse if one feature carries more than this share of total gain (a leakage smell).")
     psi_threshold: float = Field(0.25, gt=0, description="Monitoring: PSI above this is a drift breach.")
@@ -69,10 +74,13 @@ class Settings(BaseSettings):
     top_drivers: int = Field(3, ge=1, le=10, description="How many risk drivers are kept per account.")
 
     # -- health score -------------------------------------------------------------------
-    # With ~4-5% of accounts churning in a 90-day window, red is 3x the base rate or more
-    # (about the riskiest 5%) and yellow is above the base rate (about the next 15%).
-    red_threshold: float = Field(0.15, gt=0, lt=1, description="p_churn within the horizon at or above which an account is red.")
-    yellow_threshold: float = Field(0.05, gt=0, lt=1, description="p_churn within the horizon at or above which an account is yellow.")
+    # Bands are multiples of the model's training base rate (the fit slice's churn rate at
+    # the horizon, stored with the model): absolute cut-offs tuned on one book made almost
+    # every account green on a book with a 1% base rate.
+    red_base_rate_multiple: float = Field(3.0, gt=0, description="An account is red when p_churn >= this many times the model's training base rate.")
+    yellow_base_rate_multiple: float = Field(1.0, gt=0, description="An account is yellow when p_churn >= this many times the model's training base rate.")
+    red_threshold: float | None = Field(None, gt=0, lt=1, description="Absolute override: p_churn at or above which an account is red (set together with yellow_threshold; unset = base-rate multiples).")
+    yellow_threshold: float | None = Field(None, gt=0, lt=1, description="Absolute override: p_churn at or above which an account is yellow (set together with red_threshold).")
 
     # -- outreach --------------------------------------------------------------------
     playbooks_file: Path | None = Field(None, description="YAML file of outreach playbooks. Default: the playbooks shipped with churnflow.")
@@ -117,9 +125,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "Settings":
-        if self.yellow_threshold >= self.red_threshold:
+        if (self.red_threshold is None) != (self.yellow_threshold is None):
+            raise ValueError("set both red_threshold and yellow_threshold (absolute bands), or neither (bands as multiples of the base rate)")
+        if self.red_threshold is not None and self.yellow_threshold is not None and self.yellow_threshold >= self.red_threshold:
             raise ValueError(
                 f"yellow_threshold ({self.yellow_threshold}) must be below red_threshold ({self.red_threshold})"
+            )
+        if self.yellow_base_rate_multiple >= self.red_base_rate_multiple:
+            raise ValueError(
+                f"yellow_base_rate_multiple ({self.yellow_base_rate_multiple}) must be below red_base_rate_multiple ({self.red_base_rate_multiple})"
             )
         return self
 

@@ -86,7 +86,8 @@ def training_due(settings: Settings) -> tuple[bool, str, dict[str, object] | Non
 
     client = configure_mlflow(settings)
     current = {k: str(v) for k, v in train_stage.lgb_params(settings).items() if k != "verbose"}
-    current.update(horizon_days=str(settings.horizon_days), churn_grace_days=str(settings.churn_grace_days))
+    current.update(horizon_days=str(settings.horizon_days), churn_grace_days=str(settings.churn_grace_days),
+                   label_lead_days=str(settings.label_lead_days), snapshot_cadence=settings.snapshot_cadence)
     observed_until = str(data_window(get_engine(settings.warehouse), settings)[1])
     versions = client.search_model_versions(f"name = '{settings.model_name}'")
     if not versions:

@@ -40,9 +40,24 @@ def health_score(p_churn: np.ndarray) -> np.ndarray:
     return np.rint(100 * (1 - np.asarray(p_churn))).astype(int)
 
 
-def band(p_churn: np.ndarray, settings: Settings) -> np.ndarray:
+def band_thresholds(settings: Settings, base_rate: float | None) -> tuple[float, float]:
+    """(red, yellow) p_churn cut-offs: the absolute override when set, else multiples of the
+    model's training base rate, so a book churning 1% a quarter is not all green and one
+    churning 20% is not all red."""
+    if settings.red_threshold is not None and settings.yellow_threshold is not None:
+        return settings.red_threshold, settings.yellow_threshold
+    if base_rate is None or not 0 < base_rate < 1:
+        raise ValueError(
+            "the model carries no training base rate to set bands from: retrain it with `churnflow train`, "
+            "or set absolute bands (red_threshold and yellow_threshold)"
+        )
+    return min(settings.red_base_rate_multiple * base_rate, 0.999), min(settings.yellow_base_rate_multiple * base_rate, 0.999)
+
+
+def band(p_churn: np.ndarray, settings: Settings, base_rate: float | None = None) -> np.ndarray:
+    red, yellow = band_thresholds(settings, base_rate)
     p = np.asarray(p_churn)
-    return np.select([p >= settings.red_threshold, p >= settings.yellow_threshold], ["red", "yellow"], default="green")
+    return np.select([p >= red, p >= yellow], ["red", "yellow"], default="green")
 
 
 def load_features(engine: sa.Engine, as_of: date) -> pd.DataFrame:
@@ -169,7 +184,7 @@ def compute_scores(
             "account_id": features["account_id"].to_numpy(),
             "p_churn": p,
             "health_score": health_score(p),
-            "band": band(p, settings),
+            "band": band(p, settings, loaded.base_rate),
             "arr": features["arr"].fillna(0).to_numpy(),
         }
     )

@@ -5,6 +5,13 @@ snapshots are the *holdout* (reported); the newest earlier snapshot whose horizo
 before the first holdout date is the *calibration* slice (early stopping and Platt
 scaling); older snapshots are *fit*. Snapshots whose label horizon overlaps the holdout
 are dropped (the gap), so no outcome seen in training happens after the holdout begins.
+Snapshots are monthly (first of the month) or weekly (Mondays, ``snapshot_cadence``); the
+snapshot settings count months either way.
+
+The gate on small data: before any feature is built, the labels' distinct churned accounts
+per slice are counted and training refuses (InsufficientDataError, recorded in MLflow) below
+``min_churners_fit`` / ``_calibration`` / ``_holdout``. After fitting, the holdout AUC gets a
+bootstrap interval and the gate judges its lower bound (models.registry).
 """
 
 from __future__ import annotations
@@ -19,17 +26,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
 from features.build import as_model_frame, build_features, refresh_derived
 from features.catalogue import FEATURE_NAMES, FEATURE_SET_VERSION
-from features.labels import data_window, labels_for_dates, training_dates
+from features.labels import data_window, labels_for_dates, observation_end, training_dates
 from models.churn_model import ChurnModel, PlattCalibrator
 from models.monitor import reference_profile
-from models.evaluate import classification_metrics, oracle_probability
-from models.registry import configure_mlflow, gate_and_alias
+from models.evaluate import bootstrap_intervals, classification_metrics, oracle_probability
+from models.registry import configure_mlflow, gate_and_alias, record_refusal
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ class TrainingSet:
     calibration_date: date
     holdout_dates: list[date]
     observed_until: date
+    cadence: str = "monthly"
+    churners: dict[str, int] = field(default_factory=dict)  # distinct churned accounts per slice
 
 
 @dataclass
@@ -53,38 +63,160 @@ class TrainResult:
     training_set: TrainingSet = field(repr=False)
 
 
-def build_training_set(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainingSet:
-    """Features joined with matured labels over monthly as-of dates."""
-    first, last = data_window(engine, settings)
-    observed_until = observed_until or last
-    dates = training_dates(
-        data_start=first,
-        observed_until=observed_until,
-        horizon_days=settings.horizon_days,
-        grace_days=settings.churn_grace_days,
-        snapshots=settings.training_snapshots,
-        lead_days=settings.label_lead_days,
-    )
-    holdout = dates[-settings.holdout_snapshots :]
-    gap = timedelta(days=settings.label_lead_days + settings.horizon_days)
-    earlier = [d for d in dates[: -settings.holdout_snapshots] if d + gap <= holdout[0]]
-    if len(earlier) < 2:
-        raise ValueError(
-            f"only {len(dates)} matured monthly snapshots between {first} and {observed_until}: not enough for "
-            f"{settings.holdout_snapshots} holdout + calibration + fit once the {settings.horizon_days}-day gap is applied "
-            f"(history must span 90 + {settings.horizon_days} + {settings.churn_grace_days} days and several months more)"
+class InsufficientDataError(ValueError):
+    """Training refused before fitting: the data cannot support a model that can be judged.
+
+    ``cause`` says what is short (snapshots, or churners in a slice, with the counts),
+    ``fix`` what would help (weekly snapshots, a shorter horizon, more history), computed
+    from the data when possible. ``counts`` holds the churners per slice when known."""
+
+    def __init__(self, cause: str, fix: str, counts: dict[str, int] | None = None) -> None:
+        self.cause, self.fix, self.counts = cause, fix, dict(counts or {})
+        super().__init__(f"not enough data to train: {cause}. Fix: {fix}")
+
+
+SLICES = ("fit", "calibration", "holdout")
+MIN_HISTORY_DAYS = 90  # the longest feature window before the first snapshot
+
+
+@dataclass
+class SplitPlan:
+    """Which as-of dates the trainer uses, and for what (see the module docstring)."""
+
+    cadence: str
+    fit_dates: list[date]
+    calibration_date: date
+    holdout_dates: list[date]
+    matured: int  # matured snapshots available at this cadence (before taking the newest)
+
+    @property
+    def used(self) -> list[date]:
+        return [*self.fit_dates, self.calibration_date, *self.holdout_dates]
+
+    def slice_of(self) -> dict[date, str]:
+        return {**{d: "fit" for d in self.fit_dates}, self.calibration_date: "calibration", **{d: "holdout" for d in self.holdout_dates}}
+
+
+def snapshots_in(months: int, cadence: str) -> int:
+    """``training_snapshots`` / ``holdout_snapshots`` are months: as many snapshots at the cadence."""
+    return months if cadence == "monthly" else int(round(months * 52 / 12))
+
+
+def matured_dates(data_start: date, observed_until: date, *, cadence: str, horizon_days: int, grace_days: int, lead_days: int) -> list[date]:
+    """Every as-of date at the cadence (month starts, or Mondays) with MIN_HISTORY_DAYS of
+    history behind it and a label matured by ``observed_until``."""
+    if cadence == "monthly":
+        return training_dates(
+            data_start=data_start, observed_until=observed_until, horizon_days=horizon_days, grace_days=grace_days,
+            snapshots=10_000, min_history_days=MIN_HISTORY_DAYS, lead_days=lead_days,
         )
-    calibration, fit = earlier[-1], earlier[:-1]
-    used = [*fit, calibration, *holdout]
+    first = data_start + timedelta(days=MIN_HISTORY_DAYS)
+    last = observed_until - timedelta(days=lead_days + horizon_days + grace_days)
+    if last < first:
+        return []
+    return [d.date() for d in pd.date_range(first, last, freq="W-MON")]
+
+
+def plan_split(
+    data_start: date, observed_until: date, settings: Settings, *, cadence: str | None = None, horizon_days: int | None = None,
+    lead_days: int | None = None,
+) -> SplitPlan:
+    """The trainer's split for these settings (cadence / horizon / lead overridable, for the
+    readiness profile's what-ifs). Raises InsufficientDataError when the history is too
+    short for holdout + gap + calibration + fit."""
+    cadence = cadence or settings.snapshot_cadence
+    horizon = settings.horizon_days if horizon_days is None else horizon_days
+    lead = settings.label_lead_days if lead_days is None else lead_days
+    everything = matured_dates(data_start, observed_until, cadence=cadence, horizon_days=horizon, grace_days=settings.churn_grace_days, lead_days=lead)
+    dates = everything[-snapshots_in(settings.training_snapshots, cadence) :]
+    n_hold = snapshots_in(settings.holdout_snapshots, cadence)
+    gap = timedelta(days=lead + horizon)
+    holdout = dates[-n_hold:] if len(dates) > n_hold else []
+    earlier = [d for d in dates[:-n_hold] if holdout and d + gap <= holdout[0]]
+    if len(earlier) < 2:
+        need = MIN_HISTORY_DAYS + 2 * (lead + horizon) + settings.churn_grace_days + 31 * (settings.holdout_snapshots + 1)
+        raise InsufficientDataError(
+            f"only {len(dates)} matured {cadence} snapshots between {data_start} and {observed_until} at a {horizon}-day horizon: "
+            f"too few for {n_hold} holdout + a {lead + horizon}-day gap + calibration + fit",
+            f"more history (about {need} days for this horizon; the data spans {(observed_until - data_start).days}), "
+            f"or a shorter horizon (horizon_days); `churnflow profile` shows what each option gives",
+        )
+    return SplitPlan(cadence, earlier[:-1], earlier[-1], holdout, len(everything))
+
+
+def slice_churners(labels: pd.DataFrame, plan: SplitPlan) -> dict[str, dict[str, int]]:
+    """Per slice: rows, positive rows, and distinct churned accounts (what the gate counts:
+    an account churning in three overlapping monthly windows is one churner, not three)."""
+    role = labels["as_of_date"].dt.date.map(plan.slice_of())
+    out: dict[str, dict[str, int]] = {}
+    for name in SLICES:
+        part = labels[role == name]
+        out[name] = {
+            "rows": int(len(part)),
+            "positive_rows": int(part["churned"].sum()),
+            "churners": int(part.loc[part["churned"] == 1, "account_id"].nunique()),
+        }
+    return out
+
+
+def churner_shortfalls(counts: dict[str, dict[str, int]], settings: Settings) -> list[str]:
+    """'<slice> has N churned accounts (needs M)' for each slice below its minimum, or with no
+    retained accounts (one class cannot calibrate nor be evaluated)."""
+    minimum = {"fit": settings.min_churners_fit, "calibration": settings.min_churners_calibration, "holdout": settings.min_churners_holdout}
+    short = []
+    for name in SLICES:
+        c = counts[name]
+        if c["churners"] < minimum[name]:
+            short.append(f"{name} has {c['churners']} churned accounts (needs {minimum[name]})")
+        elif c["rows"] - c["positive_rows"] == 0:
+            short.append(f"{name} has no retained accounts (one class)")
+    return short
+
+
+def refusal_fix(engine: sa.Engine, settings: Settings, data_start: date, observed_until: date) -> str:
+    """The fix for a refusal, computed from the data: the first alternative setting that
+    passes, else what is missing."""
+    from models.readiness import suggest_settings
+
+    suggestion = suggest_settings(engine, settings, data_start, observed_until)
+    if suggestion is None:
+        return ("more history or more accounts: no snapshot cadence (monthly, weekly) or horizon (30-180 days) gives enough "
+                "churned accounts on this history; `churnflow profile` shows the counts for each")
+    changes = ", ".join(f"{k} = {v!r}" for k, v in suggestion.changes.items())
+    return (f"set {changes}: that gives {suggestion.describe_counts()} churned accounts in fit / calibration / holdout "
+            "(or add history); `churnflow profile` shows the counts for each option")
+
+
+def build_training_set(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainingSet:
+    """Features joined with matured labels over the cadence's as-of dates.
+
+    Counts distinct churned accounts per slice from the labels first and raises
+    InsufficientDataError before any feature is built when a slice is below its minimum:
+    a model judged on four churners looks great and is worth nothing."""
+    first, _ = data_window(engine, settings)
+    observed_until = observed_until or observation_end(engine, settings)
+    plan = plan_split(first, observed_until, settings)
     labels = labels_for_dates(
-        engine, used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until,
+        engine, plan.used, horizon_days=settings.horizon_days, grace_days=settings.churn_grace_days, observed_until=observed_until,
         lead_days=settings.label_lead_days,
     )
+    counts = slice_churners(labels, plan)
+    short = churner_shortfalls(counts, settings)
+    churners = {name: counts[name]["churners"] for name in SLICES}
+    if short:
+        raise InsufficientDataError(
+            f"{'; '.join(short)} at a {settings.horizon_days}-day horizon with {plan.cadence} snapshots "
+            f"({plan.used[0]} to {plan.used[-1]}, observed until {observed_until})",
+            refusal_fix(engine, settings, first, observed_until),
+            churners,
+        )
+    used = plan.used
     refresh_derived(engine, min(used))  # once: every snapshot below reads the same rollups
     features = pd.concat([build_features(engine, d, refresh=False) for d in used], ignore_index=True)
     frame = features.merge(labels[["as_of_date", "account_id", "churned"]], on=["as_of_date", "account_id"], how="inner")
-    log.info("training set: %d rows over %d snapshots, churn rate %.3f", len(frame), len(used), frame["churned"].mean())
-    return TrainingSet(frame, fit, calibration, holdout, observed_until)
+    log.info("training set: %d rows over %d %s snapshots, churn rate %.3f, churned accounts %s", len(frame), len(used), plan.cadence,
+             frame["churned"].mean(), churners)
+    return TrainingSet(frame, plan.fit_dates, plan.calibration_date, plan.holdout_dates, observed_until, plan.cadence, churners)
 
 
 def holdout_rows(ts: TrainingSet) -> pd.DataFrame:
@@ -140,9 +272,12 @@ def fit_model(ts: TrainingSet, settings: Settings, feature_names: list[str] | No
 
 
 def holdout_metrics(model: ChurnModel, ts: TrainingSet, engine: sa.Engine, settings: Settings) -> dict[str, float]:
-    """Metrics on the holdout snapshots; with a demo book, also the oracle's AUC on the same rows."""
+    """Metrics on the holdout snapshots, with bootstrap 95% intervals of AUC and top-decile
+    lift (accounts resampled, stratified); with a demo book, also the oracle's AUC on the same rows."""
     hold = holdout_rows(ts)
-    metrics = classification_metrics(hold["churned"].to_numpy(), model.predict_proba(hold))
+    y, p = hold["churned"].to_numpy(), model.predict_proba(hold)
+    metrics = classification_metrics(y, p)
+    metrics.update(bootstrap_intervals(y, p, hold["account_id"].to_numpy(), resamples=settings.bootstrap_resamples, seed=settings.seed))
     if table_exists(engine, "truth"):
         truth = read_sql(engine, "SELECT account_id, period_start, hazard FROM truth")
         oracle = pd.concat(
@@ -157,6 +292,14 @@ def holdout_metrics(model: ChurnModel, ts: TrainingSet, engine: sa.Engine, setti
     return metrics
 
 
+def describe_auc(metrics: dict[str, float]) -> str:
+    """'AUC 0.74 [0.69, 0.79] on 2,406 rows / 101 churners': the point, its interval and what it rests on."""
+    rows = int(metrics.get("rows", 0))
+    churners = int(metrics.get("churned_accounts", metrics.get("positives", 0)))
+    low, high = metrics.get("roc_auc_ci_low", float("nan")), metrics.get("roc_auc_ci_high", float("nan"))
+    return f"AUC {metrics.get('roc_auc', float('nan')):.2f} [{low:.2f}, {high:.2f}] on {rows:,} rows / {churners:,} churners"
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
@@ -165,9 +308,22 @@ def _git_commit() -> str:
 
 
 def train(engine: sa.Engine, settings: Settings, observed_until: date | None = None) -> TrainResult:
-    """Build the training set, fit, then evaluate, log, register and gate."""
+    """Build the training set, fit, then evaluate, log, register and gate.
+
+    When the data cannot support a model (InsufficientDataError) nothing is fitted or
+    registered; the refusal is recorded as an MLflow run (gate_decision=refused) so
+    ``score`` can say why there is no champion, and the error is raised again."""
     configure_mlflow(settings)
-    ts = build_training_set(engine, settings, observed_until)
+    try:
+        ts = build_training_set(engine, settings, observed_until)
+    except InsufficientDataError as exc:
+        record_refusal(
+            settings, str(exc),
+            params={"horizon_days": settings.horizon_days, "label_lead_days": settings.label_lead_days,
+                    "snapshot_cadence": settings.snapshot_cadence, "observed_until": str(observed_until or "")},
+            metrics={f"churners_{k}": float(v) for k, v in exc.counts.items()},
+        )
+        raise
     model = fit_model(ts, settings)
     return evaluate_and_register(engine, settings, ts, model)
 
@@ -176,7 +332,7 @@ def split_summary(ts: TrainingSet) -> dict[str, object]:
     """Rows and churn rate per split, for the run's parameters."""
     frame = ts.frame
     dates = frame["as_of_date"].dt.date
-    out: dict[str, object] = {}
+    out: dict[str, object] = {f"{name}_churners": n for name, n in ts.churners.items()}
     for name, mask in (("fit", dates.isin(ts.fit_dates)), ("calibration", dates == ts.calibration_date), ("holdout", dates.isin(ts.holdout_dates))):
         out[f"{name}_rows"] = int(mask.sum())
         out[f"{name}_churn_rate"] = round(float(frame.loc[mask, "churned"].mean()), 5)
@@ -193,12 +349,16 @@ def evaluate_and_register(
     hold = holdout_rows(ts)
     fit = ts.frame[ts.frame["as_of_date"].dt.date.isin(ts.fit_dates)]
     model.reference = reference_profile(fit, model)
+    # Bands are multiples of this rate: it travels with the model (pickled and tagged).
+    model.base_rate = float(fit["churned"].mean())
     first, _ = data_window(engine, settings)
     with mlflow.start_run(run_name=run_name or f"train-{ts.observed_until}") as run:
         mlflow.log_params({k: v for k, v in lgb_params(settings).items() if k != "verbose"})
         mlflow.log_params(
             {
                 "horizon_days": settings.horizon_days,
+                "snapshot_cadence": ts.cadence,
+                "base_rate": round(model.base_rate, 6),
                 "label_lead_days": settings.label_lead_days,
                 "churn_grace_days": settings.churn_grace_days,
                 "data_start": str(first),
@@ -223,10 +383,11 @@ def evaluate_and_register(
             registered_model_name=settings.model_name,
         )
         version = str(info.registered_model_version)
+        MlflowClient().set_model_version_tag(settings.model_name, version, "base_rate", repr(model.base_rate))
         promoted, reason = gate_and_alias(settings, version, model, hold, metrics)
         mlflow.set_tag("gate_decision", "promoted" if promoted else "refused")
         mlflow.set_tag("gate_reason", reason)
-    log.info("trained version %s: holdout AUC %.3f (oracle %.3f); %s", version, metrics["roc_auc"], metrics.get("oracle_roc_auc", float("nan")), reason)
+    log.info("trained version %s: holdout %s (oracle %.3f); %s", version, describe_auc(metrics), metrics.get("oracle_roc_auc", float("nan")), reason)
     return TrainResult(run.info.run_id, version, metrics, promoted, reason, ts)
 
 

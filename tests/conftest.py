@@ -16,6 +16,12 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="churnflow-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The test books are small on purpose (300-500 accounts: 10-40 churned accounts per slice),
+# below the production gate (50 / 20 / 30 churned accounts, AUC lower bound >= 0.6). Tests
+# that are not about the gate train on them with these test settings; tests of the gate
+# (tests/models/test_gate.py) pass their own values explicitly. The defaults are untouched.
+for _name, _value in {"MIN_CHURNERS_FIT": "5", "MIN_CHURNERS_CALIBRATION": "3", "MIN_CHURNERS_HOLDOUT": "5", "GATE_MIN_AUC": "0.5"}.items():
+    os.environ.setdefault(f"CHURNFLOW_{_name}", _value)
 from collections.abc import Iterator
 from pathlib import Path
 

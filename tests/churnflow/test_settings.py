@@ -21,7 +21,7 @@ def test_defaults_are_embedded_under_home(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_toml_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "churnflow.toml"
-    config.write_text('horizon_days = 60\nwarehouse_url = "postgresql+psycopg://u@h/db"\nred_threshold = 0.5\n')
+    config.write_text('horizon_days = 60\nwarehouse_url = "postgresql+psycopg://u@h/db"\nred_threshold = 0.5\nyellow_threshold = 0.2\n')
     monkeypatch.setenv("CHURNFLOW_CONFIG", str(config))
     monkeypatch.setenv("CHURNFLOW_HORIZON_DAYS", "120")
     s = Settings()

@@ -16,7 +16,7 @@ from features.catalogue import FEATURE_NAMES
 from models.evaluate import classification_metrics
 from models.explain import contributions
 from models.registry import load_model
-from models.score import score_accounts
+from models.score import band_thresholds, score_accounts
 from models.train import TrainingSet, build_training_set, fit_model, holdout_rows
 
 
@@ -112,7 +112,8 @@ def test_scoring_writes_history_and_replaces_the_same_day(trained_home: Settings
     assert len(stored) == len(first) == len(again)
     assert stored["account_id"].is_unique
     assert ((stored["health_score"] >= 0) & (stored["health_score"] <= 100)).all()
-    red = stored["p_churn"] >= settings.red_threshold
+    red_at, _ = band_thresholds(settings, load_model(settings).base_rate)
+    red = stored["p_churn"] >= red_at
     assert (stored.loc[red, "band"] == "red").all() and (stored.loc[~red, "band"] != "red").all()
     np.testing.assert_allclose(stored["arr_at_risk"], stored["p_churn"] * stored["arr"])
     drivers = json.loads(stored.sort_values("p_churn").iloc[-1]["top_drivers"])
