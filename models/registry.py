@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from churnflow.errors import ChurnflowError
 from churnflow.settings import Settings
 from models.churn_model import ChurnModel
 from models.evaluate import classification_metrics, paired_auc_gain
@@ -49,7 +50,7 @@ class LoadedModel:
     base_rate: float | None = None  # churn rate of the fit slice at the horizon: bands are multiples of it
 
 
-class NoChampionError(LookupError):
+class NoChampionError(ChurnflowError, LookupError):
     """No model may serve: never trained, or the last training was refused (the message says why)."""
 
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from churnflow.errors import ChurnflowError
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
 from features.build import as_model_frame, build_features, refresh_derived
@@ -63,7 +64,7 @@ class TrainResult:
     training_set: TrainingSet = field(repr=False)
 
 
-class InsufficientDataError(ValueError):
+class InsufficientDataError(ChurnflowError, ValueError):
     """Training refused before fitting: the data cannot support a model that can be judged.
 
     ``cause`` says what is short (snapshots, or churners in a slice, with the counts),
