@@ -305,6 +305,9 @@ def families_of(catalogue: Iterable[Feature]) -> tuple[str, ...]:
     return tuple(f for f in FAMILIES if f in present)
 
 
+_EXAMPLE_LABELS = {"plan": "growth", "segment": "mid_market"}  # docs only: values come from the book
+
+
 def features_markdown() -> str:
     """The text of docs/features.md."""
     lines = [
@@ -326,9 +329,11 @@ def features_markdown() -> str:
         for f in CATALOGUE:
             if f.family != family:
                 continue
-            example = f.explain(f.categories[0] if f.categories else ("enterprise" if f.is_categorical else (-0.42 if f.unit == "ratio" else 3)))
+            example = f.explain(f.categories[0] if f.categories else (_EXAMPLE_LABELS.get(f.name, "x") if f.is_categorical else (-0.42 if f.unit == "ratio" else 3)))
             window = f"{f.window_days} d" if f.window_days else "-"
-            lines.append(f"| `{f.name}` | {window} | {f.unit} | {f.risk_when} | {f.description} | {example} |")
+            extra = [t for t in f.sources if t not in FAMILY_SOURCES.get(f.family, ())]
+            description = f.description + (f" (needs `{'`, `'.join(extra)}`)" if extra else "")
+            lines.append(f"| `{f.name}` | {window} | {f.unit} | {f.risk_when} | {description} | {example} |")
         lines.append("")
     example = event_type_features(["unfriend"])
     lines += [
