@@ -256,6 +256,8 @@ def evaluate_and_register(
             }
         )
         mlflow.set_tags({"git_commit": _git_commit(), **(tags or {})})
+        mlflow.log_dict({"families": list(model.families), "dropped_features": model.dropped_features,
+                         "categories": model.categories or {}}, "features.json")  # what the fit slice allowed
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         log_figures(model, hold)
         info = mlflow.pyfunc.log_model(

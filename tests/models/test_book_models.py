@@ -7,6 +7,7 @@ import json
 import pickle
 from datetime import date
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,6 +55,9 @@ def test_a_book_without_surveys_trains_a_model_without_perception(trained: tuple
     assert any(name.startswith("events_") and name.endswith("_trend_30d") for name in model.feature_names)  # per event type
     params = MlflowClient().get_run(result.run_id).data.params
     assert params["families"] == "usage,support,commercial,lifecycle"
+    logged = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/features.json")
+    assert logged["families"] == list(model.families) and logged["dropped_features"] == model.dropped_features
+    assert "Platinum Plus" in logged["categories"]["plan"]
 
 
 def test_no_driver_or_sub_score_cites_a_family_the_model_lacks(trained: tuple[Settings, TrainResult]) -> None:
