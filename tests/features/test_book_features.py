@@ -250,3 +250,12 @@ def test_postgres_gives_the_same_book_features_as_duckdb(pg_engine: sa.Engine, d
     # The PostgreSQL cache grows columns too.
     wider = materialize_features(pg_engine, [as_of], catalogue=feature_catalogue(DataManifest(attributes=ATTRIBUTES), ["reports", "api"]))
     assert "events_api_30d" in wider.columns
+
+
+def test_a_book_with_only_accounts_subscriptions_and_surveys_still_builds(book_engine: sa.Engine) -> None:
+    drop_tables(book_engine, ["usage", "usage_daily", "usage_account_daily", "usage_rollup_days", "tickets"])
+    frame = materialize_features(book_engine, [AS_OF])
+    families = {f.family for f in book_catalogue(book_engine, AS_OF)}
+    assert families == {"perception", "commercial", "lifecycle"}
+    assert "days_to_first_value" not in frame.columns and not _event_columns(frame)
+    assert {"nps_latest", "arr", "tenure_days", "journey_stage"} <= set(frame.columns) and len(frame) > 100
