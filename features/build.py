@@ -260,7 +260,8 @@ def book_catalogue(engine: sa.Engine, as_of: date, top: int = DEFAULT_EVENT_TYPE
 
 
 def _event_type_frame(engine: sa.Engine, params: dict, features: list[Feature], index: pd.Index) -> pd.DataFrame:
-    """Per-event-type counts and trends, one column per catalogue entry; 0 when no event."""
+    """Per-event-type counts and trends, one column per catalogue entry; 0 when no event.
+    The measure is the entry's declared unit and window (a customer's slug may end in "_trend")."""
     types = list(dict.fromkeys(f.key for f in features))
     stmt = sa.text(USAGE_EVENT_TYPES_SQL).bindparams(sa.bindparam("event_types", expanding=True))
     rows = read_sql(engine, stmt, {**params, "event_types": types})
@@ -269,9 +270,9 @@ def _event_type_frame(engine: sa.Engine, params: dict, features: list[Feature], 
         mine = rows[rows["feature"] == f.key].set_index("account_id")
         n30 = pd.to_numeric(mine["n30"]).reindex(index).fillna(0.0)
         prev30 = pd.to_numeric(mine["prev30"]).reindex(index).fillna(0.0)
-        if f.name.endswith("_trend_30d"):
+        if f.unit == "ratio":
             out[f.name] = (n30 - prev30) / prev30.clip(lower=1)
-        elif f.name.endswith("_90d"):
+        elif f.window_days == 90:
             out[f.name] = pd.to_numeric(mine["n90"]).reindex(index).fillna(0.0)
         else:
             out[f.name] = n30

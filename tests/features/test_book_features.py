@@ -81,11 +81,15 @@ def test_event_types_default_to_the_most_frequent_known_at_the_as_of_date(book_e
 
 
 def test_event_type_features_match_an_independent_pandas_computation(book_engine: sa.Engine, small_book: dict[str, pd.DataFrame]) -> None:
-    types = ["reports", "alerts", "never_seen"]
+    types = ["reports", "alerts", "never_seen", "api_trend"]
     catalogue = feature_catalogue(book_engine, types)
     frame = build_features(book_engine, AS_OF, catalogue=catalogue).set_index("account_id")
     assert _event_columns(frame) == [f"events_{t}_{s}" for t in types for s in ("30d", "trend_30d", "90d")]
-    usage = small_book["usage"]
+    # A type whose slug ends in "_trend" is still a count, not mistaken for a trend.
+    usage = small_book["usage"].copy()
+    usage.loc[usage["feature"] == "api", "feature"] = "api_trend"
+    replace_rows(book_engine, "usage", usage, replace_all=True)
+    frame = build_features(book_engine, AS_OF, catalogue=catalogue).set_index("account_id")
     d = pd.Timestamp(AS_OF)
     for t in types:
         rows = usage[usage["feature"] == t]
@@ -99,6 +103,7 @@ def test_event_type_features_match_an_independent_pandas_computation(book_engine
         np.testing.assert_allclose(frame[f"events_{t}_90d"], n90, rtol=1e-9)
         np.testing.assert_allclose(frame[f"events_{t}_trend_30d"], (n30 - prev30) / prev30.clip(lower=1), rtol=1e-9)
     assert frame["events_reports_30d"].sum() > 0 and (frame["events_never_seen_90d"] == 0).all()
+    assert frame["events_api_trend_30d"].sum() > 0 and frame["events_api_trend_30d"].min() >= 0  # a count
 
 
 def test_event_type_features_ignore_rows_at_or_after_the_as_of_date(book_engine: sa.Engine, small_book: dict[str, pd.DataFrame]) -> None:
