@@ -127,7 +127,8 @@ def features_cmd(
     day = _as_of(settings, as_of)
     if rebuild_rollups:
         console.print(refresh_usage_rollups(engine, rebuild=True).describe())
-    frame = materialize_features(engine, [day], recheck_days=settings.rollup_recheck_days, reuse=reuse and settings.feature_reuse)
+    frame = materialize_features(engine, [day], recheck_days=settings.rollup_recheck_days, reuse=reuse and settings.feature_reuse,
+                                 event_types_top=settings.usage_event_types_top)
     console.print(f"features as of {day}: {len(frame)} active accounts x {frame.shape[1] - 2} features -> table account_features")
 
 
@@ -249,7 +250,7 @@ def outreach_cmd(as_of: AsOf = None) -> None:
     scores = read_sql(engine, "SELECT * FROM account_scores WHERE as_of_date = :d", {"d": datetime(day.year, day.month, day.day)})
     if scores.empty:
         raise typer.BadParameter(f"no scores as of {day} in table account_scores: run `churnflow score --as-of {day}` first")
-    new = run_outreach(engine, scores, load_features(engine, day), day, load_playbooks(settings.playbooks_file), seed=settings.seed)
+    new = run_outreach(engine, scores, load_features(engine, day, settings.usage_event_types_top), day, load_playbooks(settings.playbooks_file), seed=settings.seed)
     console.print(f"outreach as of {day}: {int((~new['held_out']).sum()) if len(new) else 0} tasks, {int(new['held_out'].sum()) if len(new) else 0} held out")
 
 

@@ -647,7 +647,22 @@ def _driver_shares(
     )
 
 
+def _driver_families(feature_family: Mapping[str, str], *frames: pd.DataFrame | None) -> dict[str, str]:
+    """``feature_family`` plus the family each stored driver names (per-book features such as
+    per-event-type usage or mapped attributes are in no static catalogue)."""
+    out: dict[str, str] = {}
+    for frame in frames:
+        if frame is None or "top_drivers" not in frame:
+            continue
+        for raw in frame["top_drivers"]:
+            for d in _parse_drivers(raw):
+                if d.get("feature") and d.get("family"):
+                    out.setdefault(str(d["feature"]), str(d["family"]))
+    return {**out, **feature_family}
+
+
 def _drivers(now: pd.DataFrame, prev: pd.DataFrame | None, feature_family: Mapping[str, str]) -> DriversSection:
+    feature_family = _driver_families(feature_family, now, prev)
     feats, fams, feat_n, fam_n, n_at_risk = _driver_shares(now, feature_family)
     if not feats:
         return DriversSection([], [], n_at_risk, reason="no yellow or red accounts with risk drivers this week")
@@ -741,8 +756,10 @@ def _nps(scores: pd.Series) -> float | None:
 def _surveys(
     engine: sa.Engine, week_ending: date, names: Mapping[str, str], include_verbatims: bool
 ) -> SurveySection:
-    if not table_exists(engine, "surveys"):
-        return SurveySection([], 0, 0, [], 0, reason="no survey data in the warehouse")
+    from churnflow.manifest import available_tables
+
+    if "surveys" not in available_tables(engine):  # declared absent in the mapping, or never loaded
+        return SurveySection([], 0, 0, [], 0, reason="no surveys are configured for this book")
     lo = week_ending - timedelta(days=13)
     frame = read_sql(
         engine,

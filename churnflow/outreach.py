@@ -74,7 +74,7 @@ class Condition(BaseModel):
             raise ValueError(f"op '{self.op}' on field '{self.field}' needs a list value, got {self.value!r}")
         if need == "any" and kind == "number" and not isinstance(self.value, (int, float)):
             raise ValueError(f"field '{self.field}' is numeric; value {self.value!r} is not a number")
-        if kind == "text" and self.field in BY_NAME and need in ("any", "list"):
+        if kind == "text" and self.field in BY_NAME and BY_NAME[self.field].categories and need in ("any", "list"):
             allowed = BY_NAME[self.field].categories
             values = self.value if isinstance(self.value, list) else [self.value]
             bad = [v for v in values if v not in allowed]

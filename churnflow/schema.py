@@ -209,7 +209,7 @@ ACCOUNT_SCORES = TableSpec(
         Column("protective_driver", "str", "JSON of the strongest protective driver: feature, value, contribution, sentence.", required=False),
         Column("protective_driver_text", "str", "The strongest protective driver as a sentence.", required=False),
         *[
-            Column(f"{family}_score", "int", f"0-100 {family} sub-score: the health score if only {family} signals differed from the average account (docs/health-score.md).")
+            Column(f"{family}_score", "int", f"0-100 {family} sub-score: the health score if only {family} signals differed from the average account (docs/health-score.md); empty when the model has no {family} feature (its source is absent).", required=False)
             for family in FAMILIES
         ],
         Column("model_band", "str", "The band the model gave, before any manual override."),

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
 
     # -- features --------------------------------------------------------------------
     feature_reuse: bool = Field(True, description="Reuse a day's stored features when every input row they read is unchanged (set false if another tool rewrites canonical tables behind churnflow's back).")
+    usage_event_types_top: int = Field(8, ge=0, le=50, description="Per-event-type usage features for this many most frequent usage.feature values (learned at training, stored with the model); 0 turns them off. The mapping's usage_event_types wins when set.")
     rollup_recheck_days: int = Field(3, ge=1, description="Usage rollups: the last rolled days re-read on every refresh, for rows that arrive late without going through churnflow.")
 
     # -- model -----------------------------------------------------------------------

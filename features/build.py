@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -22,9 +22,9 @@ import sqlalchemy as sa
 
 from churnflow import schema
 from churnflow.fingerprint import source_version
-from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
 from churnflow.manifest import available_tables, read_manifest
-from features.catalogue import BY_NAME, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
+from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
+from features.catalogue import CATALOGUE, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION, Feature, feature_catalogue
 from features.labels import active_accounts
 from features.rollups import RollupReport, refresh_survey_text, refresh_usage_rollups
 from features.text import TOPICS
@@ -251,10 +251,63 @@ GROUP BY s.account_id
 """
 
 
+# Per-event-type usage: one row per account and event type, for the types of the catalogue.
+USAGE_EVENT_TYPES_SQL = """
+SELECT account_id, feature,
+  SUM(CASE WHEN activity_date >= :day30 THEN events ELSE 0 END) AS n30,
+  SUM(CASE WHEN activity_date >= :day60 AND activity_date < :day30 THEN events ELSE 0 END) AS prev30,
+  SUM(events) AS n90
+FROM usage_daily
+WHERE activity_date >= :day90 AND activity_date < :as_of_day AND feature IN :event_types
+GROUP BY account_id, feature
+"""
+
+# The most frequent event types (raw usage rows) in the year before D, for the default list.
+TOP_EVENT_TYPES_SQL = """
+SELECT feature, SUM(source_rows) AS n
+FROM usage_daily
+WHERE activity_date >= :day365 AND activity_date < :as_of_day
+GROUP BY feature
+ORDER BY n DESC, feature
+LIMIT :k
+"""
+
+ATTRIBUTE_TABLE = "account_attributes"
+
+# Account attributes: one value per account (rows without a subscription).
+ACCOUNT_ATTRIBUTES_SQL = """
+SELECT account_id, name, MAX(value_number) AS value_number, MAX(value_text) AS value_text
+FROM account_attributes
+WHERE subscription_id IS NULL AND name IN :names
+GROUP BY account_id, name
+"""
+
+# Subscription attributes: the value on the account's main active term at D (highest ARR,
+# the same rule as the commercial features' plan), as known at D.
+SUBSCRIPTION_ATTRIBUTES_SQL = """
+WITH active AS (
+  SELECT subscription_id, account_id,
+    ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY arr DESC, subscription_id) AS arr_rank
+  FROM subscriptions
+  WHERE start_date < :as_of AND end_date >= :as_of AND (cancelled_at IS NULL OR cancelled_at >= :as_of)
+)
+SELECT active.account_id, a.name, MAX(a.value_number) AS value_number, MAX(a.value_text) AS value_text
+FROM account_attributes a
+JOIN active ON active.subscription_id = a.subscription_id AND active.arr_rank = 1
+WHERE a.name IN :names
+GROUP BY active.account_id, a.name
+"""
+
+DEFAULT_EVENT_TYPES_TOP = 8  # the usage_event_types_top setting's default
+
+
 def refresh_derived(engine: sa.Engine, since: date, *, recheck_days: int = 3) -> RollupReport:
-    """Bring the tables the windows read up to date (usage rollups, scored comments)."""
-    report = refresh_usage_rollups(engine, recheck_days=recheck_days)
-    refresh_survey_text(engine, since - timedelta(days=90))
+    """Bring the tables the windows read up to date (usage rollups, scored comments), for
+    the sources this book has."""
+    available = available_tables(engine)
+    report = refresh_usage_rollups(engine, recheck_days=recheck_days) if "usage" in available else RollupReport(False, 0, 0, 0.0)
+    if "surveys" in available:
+        refresh_survey_text(engine, since - timedelta(days=90))
     return report
 
 
@@ -262,17 +315,84 @@ def _per_account(engine: sa.Engine, sql: str, params: dict) -> pd.DataFrame:
     return read_sql(engine, sql, params).set_index("account_id")
 
 
-def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> pd.DataFrame:
+def learn_event_types(engine: sa.Engine, as_of: date, top: int = DEFAULT_EVENT_TYPES_TOP) -> tuple[str, ...]:
+    """The event types that get their own usage features as of ``as_of``: the mapping's
+    ``usage_event_types`` when given, else the ``top`` most frequent ``usage.feature`` values
+    in the year before D (only what was known at D; ties by name). Reads the rollups."""
+    manifest = read_manifest(engine)
+    if manifest.usage_event_types is not None:
+        return tuple(dict.fromkeys(manifest.usage_event_types))
+    if top <= 0 or "usage" not in available_tables(engine) or not table_exists(engine, schema.USAGE_DAILY.name):
+        return ()
+    rows = read_sql(engine, TOP_EVENT_TYPES_SQL, {**bounds(as_of), "k": int(top)})
+    return tuple(str(v) for v in rows["feature"].dropna())
+
+
+def book_catalogue(engine: sa.Engine, as_of: date, top: int = DEFAULT_EVENT_TYPES_TOP) -> tuple[Feature, ...]:
+    """This book's catalogue as of ``as_of`` (:func:`features.catalogue.feature_catalogue` with
+    the event types of :func:`learn_event_types`)."""
+    return feature_catalogue(engine, learn_event_types(engine, as_of, top))
+
+
+def _event_type_frame(engine: sa.Engine, params: dict, features: list[Feature], index: pd.Index) -> pd.DataFrame:
+    """Per-event-type counts and trends, one column per catalogue entry; 0 when no event.
+    The measure is the entry's declared unit and window (a customer's slug may end in "_trend")."""
+    types = list(dict.fromkeys(f.key for f in features))
+    stmt = sa.text(USAGE_EVENT_TYPES_SQL).bindparams(sa.bindparam("event_types", expanding=True))
+    rows = read_sql(engine, stmt, {**params, "event_types": types})
+    out = pd.DataFrame(index=index)
+    for f in features:
+        mine = rows[rows["feature"] == f.key].set_index("account_id")
+        n30 = pd.to_numeric(mine["n30"]).reindex(index).fillna(0.0)
+        prev30 = pd.to_numeric(mine["prev30"]).reindex(index).fillna(0.0)
+        if f.unit == "ratio":
+            out[f.name] = (n30 - prev30) / prev30.clip(lower=1)
+        elif f.window_days == 90:
+            out[f.name] = pd.to_numeric(mine["n90"]).reindex(index).fillna(0.0)
+        else:
+            out[f.name] = n30
+    return out
+
+
+def _attribute_frame(engine: sa.Engine, params: dict, features: list[Feature], index: pd.Index) -> pd.DataFrame:
+    """Mapped attribute values, one column per catalogue entry; missing when the account (or
+    its main active subscription) has no value."""
+    out = pd.DataFrame(index=index)
+    if not table_exists(engine, ATTRIBUTE_TABLE):
+        log.warning("the mapping declares attributes but table %s does not exist: they are all missing", ATTRIBUTE_TABLE)
+        for f in features:
+            out[f.name] = np.nan
+        return out
+    for table, sql in (("accounts", ACCOUNT_ATTRIBUTES_SQL), ("subscriptions", SUBSCRIPTION_ATTRIBUTES_SQL)):
+        mine = [f for f in features if (f.table or "accounts") == table]
+        if not mine:
+            continue
+        stmt = sa.text(sql).bindparams(sa.bindparam("names", expanding=True))
+        rows = read_sql(engine, stmt, {**params, "names": [f.key for f in mine]})
+        for f in mine:
+            values = rows[rows["name"] == f.key].set_index("account_id")
+            column = "value_text" if f.is_categorical else "value_number"
+            out[f.name] = values[column].reindex(index) if len(values) else np.nan
+    return out
+
+
+def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True, catalogue: Sequence[Feature] | None = None,
+                   event_types_top: int = DEFAULT_EVENT_TYPES_TOP) -> pd.DataFrame:
     """Features of every account active at ``as_of``, one row per account.
 
-    Columns: ``as_of_date``, ``account_id`` and every catalogue feature, in catalogue order.
-    ``refresh=False`` skips bringing the derived tables up to date (the caller just did).
+    Columns: ``as_of_date``, ``account_id`` and every feature of ``catalogue``, in its order.
+    The catalogue defaults to the book's (:func:`book_catalogue`: families whose source is
+    absent are left out, event types learned as of D); a model passes its own so scoring
+    builds the columns it was trained on. ``refresh=False`` skips bringing the derived
+    tables up to date (the caller just did).
     """
     if refresh:
         refresh_derived(engine, as_of)
+    catalogue = tuple(catalogue) if catalogue is not None else book_catalogue(engine, as_of, event_types_top)
+    available = available_tables(engine)
     params = bounds(as_of)
     accounts = _per_account(engine, ACCOUNTS_SQL, params)
-    if "subscriptions" in available_tables(engine):
+    if "subscriptions" in available:
         commercial = _per_account(engine, COMMERCIAL_SQL, params)
         commercial = commercial.join(days_to_renewal(engine, as_of, params))
     else:  # no subscriptions (churn from churn_events): commercial features are unknown
@@ -283,52 +403,81 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> p
     frame = pd.DataFrame(index=pd.Index(active_ids, name="account_id"))
     if len(frame.index) == 0:
         log.warning("no active accounts as of %s", as_of)
-        return _finish(frame, as_of)
+        return _finish(frame, as_of, catalogue)
 
-    for sql in (USAGE_USERS_SQL, USAGE_BREADTH_SQL, USAGE_EVENTS_SQL, SUPPORT_SQL, PERCEPTION_SQL, VERBATIM_SQL):
-        frame = frame.join(_per_account(engine, sql, params))
+    # A source is read only when the catalogue asks for it and the book has it; a feature
+    # whose source is gone (a model trained before surveys were declared absent) stays missing.
+    wanted = {table for f in catalogue for table in f.sources}
+    missing = sorted(wanted - available)
+    if missing:
+        log.warning("features as of %s: source(s) %s not available; their features are missing", as_of, ", ".join(missing))
+    queries = {"usage": (USAGE_USERS_SQL, USAGE_BREADTH_SQL, USAGE_EVENTS_SQL), "tickets": (SUPPORT_SQL,), "surveys": (PERCEPTION_SQL, VERBATIM_SQL)}
+    for table, sqls in queries.items():
+        if table in wanted and table in available:
+            for sql in sqls:
+                frame = frame.join(_per_account(engine, sql, params))
     frame = frame.join(commercial)
     frame = frame.join(accounts)
     as_of_ts = params["as_of"]
     created = pd.to_datetime(frame["created_at"])
-    count_cols = [
-        "active_users_7d", "active_users_30d", "active_users_prev_30d", "active_users_90d", "events_7d", "events_30d",
-        "events_prev_30d", "events_90d", "features_used_30d", "errors_30d", "tickets_30d", "tickets_90d", "open_tickets",
-        "complaints_wait_time_90d", "complaints_billing_90d", "complaints_bugs_90d", "complaints_onboarding_90d",
-    ]
-    for col in count_cols:
-        frame[col] = pd.to_numeric(frame.get(col), errors="coerce").fillna(0.0) if col in frame else 0.0
-    frame["usage_trend_30d"] = (frame["events_30d"] - frame["events_prev_30d"]) / frame["events_prev_30d"].clip(lower=1)
-    frame["active_users_trend_30d"] = (frame["active_users_30d"] - frame["active_users_prev_30d"]) / frame["active_users_prev_30d"].clip(lower=1)
-    frame["error_rate_30d"] = frame["errors_30d"] / frame["events_30d"].clip(lower=1)
-    frame["seat_utilisation_30d"] = frame["active_users_30d"] / pd.to_numeric(frame["seats"]).clip(lower=1)
-    # Full days since the last active day: 0 when someone used the product the day before D.
-    last = pd.to_datetime(frame["last_active_date"])
-    frame["days_since_last_activity"] = ((as_of_ts - last).dt.days - 1).fillna(HISTORY_DAYS).clip(upper=HISTORY_DAYS)
+
+    def counts(*cols: str) -> None:
+        for col in cols:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").fillna(0.0) if col in frame else 0.0
+
     frame["tenure_days"] = (as_of_ts - created).dt.days
-    first = pd.to_datetime(frame["first_active_date"])
-    # Calendar days from the day the account was created to its first active day; only
-    # measurable when the account's whole life lies inside the look-back window.
-    ttfv = (first - created.dt.normalize()).dt.days.clip(lower=0)
-    frame["days_to_first_value"] = ttfv.where(frame["tenure_days"] <= HISTORY_DAYS)
     frame["journey_stage"] = np.select(
         [frame["tenure_days"] < 90, frame["days_to_renewal"] <= 90], ["onboarding", "renewal_window"], default="adoption"
     )
-    nps_latest = pd.to_numeric(frame["nps_latest"], errors="coerce")
-    frame["nps_trend"] = nps_latest - pd.to_numeric(frame["nps_previous"], errors="coerce")
-    frame["nps_category"] = pd.cut(nps_latest, bins=[-1, 6, 8, 10], labels=["detractor", "passive", "promoter"]).astype(object).fillna("none")
-    frame["first_contact_resolution_90d"] = 1 - pd.to_numeric(frame["reopen_rate_90d"], errors="coerce")
-    return _finish(frame, as_of)
+    if "usage" in wanted and "usage" in available:
+        counts("active_users_7d", "active_users_30d", "active_users_prev_30d", "active_users_90d", "events_7d", "events_30d",
+               "events_prev_30d", "events_90d", "features_used_30d", "errors_30d")
+        frame["usage_trend_30d"] = (frame["events_30d"] - frame["events_prev_30d"]) / frame["events_prev_30d"].clip(lower=1)
+        frame["active_users_trend_30d"] = (frame["active_users_30d"] - frame["active_users_prev_30d"]) / frame["active_users_prev_30d"].clip(lower=1)
+        frame["error_rate_30d"] = frame["errors_30d"] / frame["events_30d"].clip(lower=1)
+        frame["seat_utilisation_30d"] = frame["active_users_30d"] / pd.to_numeric(frame["seats"]).clip(lower=1)
+        # Full days since the last active day: 0 when someone used the product the day before D.
+        last = pd.to_datetime(frame["last_active_date"])
+        frame["days_since_last_activity"] = ((as_of_ts - last).dt.days - 1).fillna(HISTORY_DAYS).clip(upper=HISTORY_DAYS)
+        first = pd.to_datetime(frame["first_active_date"])
+        # Calendar days from the day the account was created to its first active day; only
+        # measurable when the account's whole life lies inside the look-back window.
+        ttfv = (first - created.dt.normalize()).dt.days.clip(lower=0)
+        frame["days_to_first_value"] = ttfv.where(frame["tenure_days"] <= HISTORY_DAYS)
+    if "tickets" in wanted and "tickets" in available:
+        counts("tickets_30d", "tickets_90d", "open_tickets")
+        frame["first_contact_resolution_90d"] = 1 - pd.to_numeric(frame["reopen_rate_90d"], errors="coerce")
+    if "surveys" in wanted and "surveys" in available:
+        counts(*(f"complaints_{topic}_90d" for topic in TOPICS))
+        nps_latest = pd.to_numeric(frame["nps_latest"], errors="coerce")
+        frame["nps_trend"] = nps_latest - pd.to_numeric(frame["nps_previous"], errors="coerce")
+        frame["nps_category"] = pd.cut(nps_latest, bins=[-1, 6, 8, 10], labels=["detractor", "passive", "promoter"]).astype(object).fillna("none")
+    # Dynamic features last, assigned column by column: a customer's event type or attribute
+    # may slug to the name of an intermediate column above (e.g. "prev"), never mixed up.
+    event_types = [f for f in catalogue if f.origin == "event_type"]
+    if event_types and "usage" in available:
+        for name, values in _event_type_frame(engine, params, event_types, frame.index).items():
+            frame[name] = values
+    attributes = [f for f in catalogue if f.origin == "attribute"]
+    if attributes:
+        for name, values in _attribute_frame(engine, params, attributes, frame.index).items():
+            frame[name] = values
+    return _finish(frame, as_of, catalogue)
 
 
-def _finish(frame: pd.DataFrame, as_of: date) -> pd.DataFrame:
+MISSING_CATEGORY = "none"  # the label of a categorical feature with no value (e.g. no NPS answer)
+
+
+def _finish(frame: pd.DataFrame, as_of: date, catalogue: Sequence[Feature] = CATALOGUE) -> pd.DataFrame:
+    """The catalogue's columns in its order, typed: numbers as float, categories as their raw
+    text (no fixed lists: the model learns its categories at training), missing as "none"."""
     out = pd.DataFrame(index=frame.index)
-    for name in FEATURE_NAMES:
-        feature = BY_NAME[name]
+    for feature in catalogue:
+        name = feature.name
         values = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
         if feature.is_categorical:
-            values = values.astype(object).where(values.isin(feature.categories), feature.categories[-1])
-            out[name] = values.astype(str)
+            text = values.astype(object).where(values.notna(), MISSING_CATEGORY).astype(str).str.strip()
+            out[name] = text.where(text != "", MISSING_CATEGORY)
         else:
             out[name] = pd.to_numeric(values, errors="coerce").astype(float)
     out = out.reset_index()
@@ -336,13 +485,35 @@ def _finish(frame: pd.DataFrame, as_of: date) -> pd.DataFrame:
     return out.sort_values("account_id").reset_index(drop=True)
 
 
-def as_model_frame(features: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
-    """Feature columns typed for LightGBM: categoricals with the catalogue's fixed categories
-    (columns outside the catalogue are taken as numeric)."""
+OTHER_CATEGORY = "other"
+
+
+def learn_categories(values: pd.Series, min_rows: int | None = None) -> list[str]:
+    """The categories a model keeps for a categorical feature: the values seen on at least
+    ``min_rows`` rows (default max(20, 1% of the rows)), most frequent first, then "other"
+    for everything rarer or new. Enough rows per category for a leaf, no fixed list."""
+    text = values.astype(object).where(values.notna(), MISSING_CATEGORY).astype(str)
+    threshold = max(20, int(0.01 * len(text))) if min_rows is None else min_rows
+    frequent = text.value_counts()
+    kept = sorted((v for v, n in frequent.items() if n >= threshold and v != OTHER_CATEGORY), key=lambda v: (-frequent[v], v))
+    return [*kept, OTHER_CATEGORY]
+
+
+def as_model_frame(features: pd.DataFrame, names: Sequence[str] | None = None, categories: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Feature columns typed for LightGBM.
+
+    ``categories`` (feature -> learned categories, as stored on a model) makes those columns
+    categoricals; a value outside them becomes "other". Without it, the static catalogue's
+    categorical features are categoricals of the values present. Other columns are numeric.
+    """
     X = features[list(names or FEATURE_NAMES)].copy()
+    if categories is None:
+        categories = {name: learn_categories(X[name], min_rows=1) for name in X.columns if name in CATEGORICAL}
     for name in X.columns:
-        if name in CATEGORICAL:
-            X[name] = pd.Categorical(X[name], categories=list(BY_NAME[name].categories))
+        if name in categories:
+            cats = list(categories[name])
+            text = X[name].astype(object).where(X[name].notna(), MISSING_CATEGORY).astype(str)
+            X[name] = pd.Categorical(text.where(text.isin(cats), OTHER_CATEGORY), categories=cats)
         elif X[name].dtype == object:
             X[name] = pd.to_numeric(X[name], errors="coerce")
     return X
@@ -357,55 +528,112 @@ _FINGERPRINTED: dict[str, tuple[list[str], str]] = {
     "churn_events": (["account_id", "churn_date", "reactivated_at"], "churn_date <= :as_of"),
     "tickets": (["ticket_id", "account_id", "opened_at", "closed_at", "priority", "first_response_minutes", "reopened"], "opened_at < :as_of"),
     "surveys": (["response_id", "account_id", "submitted_at", "kind", "score", "comment"], "submitted_at >= :d365 AND submitted_at < :as_of"),
+    ATTRIBUTE_TABLE: (["account_id", "subscription_id", "name", "value_number", "value_text"], "1 = 1"),
 }
 
 
 # The code a day's features are a function of (part of their fingerprint).
-BUILDER_MODULES = ("features.build", "features.catalogue", "features.labels", "features.rollups", "features.text")
+BUILDER_MODULES = ("features.build", "features.catalogue", "features.labels", "features.rollups", "features.text", "churnflow.manifest")
 
 
-def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
+def catalogue_signature(catalogue: Sequence[Feature]) -> str:
+    """The feature list as text, part of the fingerprint: another list is another build."""
+    return "|".join(f"{f.name}:{f.origin}:{f.key}:{f.table}:{int(f.is_categorical)}" for f in catalogue)
+
+
+def input_fingerprint(engine: sa.Engine, as_of: date, catalogue: Sequence[Feature] | None = None) -> str:
     """A hash of everything features as of ``as_of`` depend on: the feature-set version and
-    the content of every input row known at D (usage through the rollups' per-day hashes).
+    list, and the content of every input row known at D (usage through the rollups' per-day
+    hashes).
 
     Reads the small tables' relevant rows in the warehouse and a year of rollup state rows;
     call it after :func:`refresh_derived`. Any changed value changes the fingerprint.
     """
+    catalogue = tuple(catalogue) if catalogue is not None else book_catalogue(engine, as_of)
     params = bounds(as_of)
-    present = available_tables(engine)
-    parts = [FEATURE_SET_VERSION, source_version(*BUILDER_MODULES), as_of.isoformat(), read_manifest(engine).churn_source]
+    available = available_tables(engine)
+    parts = [FEATURE_SET_VERSION, source_version(*BUILDER_MODULES), as_of.isoformat(), catalogue_signature(catalogue),
+             ",".join(sorted(available)), read_manifest(engine).churn_source]
     for table, (columns, condition) in _FINGERPRINTED.items():
-        if table not in present:
+        if table in schema.CANONICAL and table not in available:
             parts.append(f"{table}:absent")
+            continue
+        if table == ATTRIBUTE_TABLE and not (any(f.origin == "attribute" for f in catalogue) and table_exists(engine, table)):
             continue
         sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM "{table}" WHERE {condition}'
         row = read_sql(engine, sql, params).iloc[0]
         parts.append(f"{table}:{int(row['n'])}:{row['h']}")
-    days = read_sql(engine, "SELECT activity_date, content_hash, dirty FROM usage_rollup_days "
-                            "WHERE activity_date >= :day365 AND activity_date < :as_of_day ORDER BY activity_date", params)
-    if days["dirty"].astype(bool).any():  # not refreshed: no fingerprint can vouch for the rollups
-        return f"unrolled-{datetime.now().isoformat()}"
-    parts += [f"{d}:{h}" for d, h in zip(days["activity_date"].astype(str), days["content_hash"])]
+    if "usage" in available:
+        days = read_sql(engine, "SELECT activity_date, content_hash, dirty FROM usage_rollup_days "
+                                "WHERE activity_date >= :day365 AND activity_date < :as_of_day ORDER BY activity_date", params)
+        if days["dirty"].astype(bool).any():  # not refreshed: no fingerprint can vouch for the rollups
+            return f"unrolled-{datetime.now().isoformat()}"
+        parts += [f"{d}:{h}" for d, h in zip(days["activity_date"].astype(str), days["content_hash"])]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _stored_features(engine: sa.Engine, as_of: date) -> pd.DataFrame:
+def _stored_features(engine: sa.Engine, as_of: date, catalogue: Sequence[Feature] = CATALOGUE) -> pd.DataFrame | None:
+    """The stored features of the day with the catalogue's columns; None if the table lacks one."""
     frame = read_sql(engine, f"SELECT * FROM {FEATURE_TABLE} WHERE as_of_date = :d", {"d": _ts(as_of)})
-    out = frame[["account_id", *FEATURE_NAMES]].copy()
+    names = [f.name for f in catalogue]
+    if any(name not in frame.columns for name in names):
+        return None
+    out = frame[["account_id", *names]].copy()
     out.insert(0, "as_of_date", pd.Timestamp(as_of))
-    for name in FEATURE_NAMES:
-        out[name] = out[name].astype(str) if name in CATEGORICAL else pd.to_numeric(out[name]).astype(float)
+    for f in catalogue:
+        out[f.name] = out[f.name].astype(str) if f.is_categorical else pd.to_numeric(out[f.name]).astype(float)
     return out.sort_values("account_id").reset_index(drop=True)
 
 
+def _fit_feature_table(engine: sa.Engine, frame: pd.DataFrame) -> None:
+    """Make ``account_features`` able to hold ``frame``: the feature set changes with the book
+    (event types, attributes, absent families). New columns are added (other days' rows keep
+    theirs, read back by their own catalogue); a column whose kind changed (number <->
+    category) cannot be kept, so the table is dropped and recreated and every day's build
+    record forgotten (those days are rebuilt when next asked for)."""
+    if not table_exists(engine, FEATURE_TABLE):
+        return
+    existing = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns(FEATURE_TABLE)}
+    added = [c for c in frame.columns if c not in existing]
+    text_kinds = (sa.String, sa.Text, sa.Enum)
+    conflicts = [c for c in frame.columns if c in existing and c not in ("as_of_date", "account_id")
+                 and (frame[c].dtype == object) != isinstance(existing[c], text_kinds)]
+    if conflicts:
+        log.warning("table %s: column(s) %s changed kind; dropping and recreating it (other days are rebuilt on demand)",
+                    FEATURE_TABLE, ", ".join(conflicts))
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE "{FEATURE_TABLE}"'))
+            if table_exists(conn, schema.FEATURE_BUILDS.name):
+                conn.execute(sa.text(f'DELETE FROM "{schema.FEATURE_BUILDS.name}"'))
+        return
+    if added:
+        with engine.begin() as conn:
+            for column in added:
+                kind = sa.String() if frame[column].dtype == object else sa.Double()
+                conn.execute(sa.text(f'ALTER TABLE "{FEATURE_TABLE}" ADD COLUMN "{column}" {kind.compile(dialect=engine.dialect)}'))
+        log.info("table %s: added column(s) %s", FEATURE_TABLE, ", ".join(added))
+
+
+def store_features(engine: sa.Engine, as_of: date, frame: pd.DataFrame, fingerprint: str) -> None:
+    """Replace the day's stored features and record what they were built from."""
+    _fit_feature_table(engine, frame)
+    replace_rows(engine, FEATURE_TABLE, frame, where={"as_of_date": _ts(as_of)})
+    builds = schema.FEATURE_BUILDS
+    record = pd.DataFrame({"as_of_date": [pd.Timestamp(as_of)], "input_fingerprint": [fingerprint],
+                           "feature_rows": [len(frame)], "built_at": [pd.Timestamp(datetime.now())]})
+    replace_rows(engine, builds.name, record, where={"as_of_date": as_of})
+
+
 def materialize_features(engine: sa.Engine, as_of_dates: Iterable[date], *, recheck_days: int = 3, refresh: bool = True,
-                         reuse: bool = True) -> pd.DataFrame:
+                         reuse: bool = True, catalogue: Sequence[Feature] | None = None,
+                         event_types_top: int = DEFAULT_EVENT_TYPES_TOP) -> pd.DataFrame:
     """Build and store features for each date; a re-run of a date replaces its rows.
 
     The derived tables are brought up to date once (unless ``refresh=False``: the caller
     just did), then every date reads them. With ``reuse``, a date whose stored features
-    were built from exactly the same inputs (same :func:`input_fingerprint`) is read back
-    instead of rebuilt: re-runs and backfills cost a fingerprint, not a build.
+    were built from exactly the same inputs and feature list (same :func:`input_fingerprint`)
+    is read back instead of rebuilt: re-runs and backfills cost a fingerprint, not a build.
+    ``catalogue`` defaults to each date's book catalogue (:func:`book_catalogue`).
     """
     as_of_dates = list(as_of_dates)
     if as_of_dates and refresh:
@@ -416,21 +644,32 @@ def materialize_features(engine: sa.Engine, as_of_dates: Iterable[date], *, rech
     previous = {d: (f, int(n)) for d, f, n in zip(pd.to_datetime(stored["as_of_date"]).dt.date, stored["input_fingerprint"], stored["feature_rows"])}
     frames = []
     for as_of in as_of_dates:
-        fingerprint = input_fingerprint(engine, as_of)
+        day_catalogue = tuple(catalogue) if catalogue is not None else book_catalogue(engine, as_of, event_types_top)
+        fingerprint = input_fingerprint(engine, as_of, day_catalogue)
         if reuse and previous.get(as_of, ("", -1))[0] == fingerprint and table_exists(engine, FEATURE_TABLE):
-            frame = _stored_features(engine, as_of)
-            if len(frame) == previous[as_of][1]:  # the stored rows are all there
+            frame = _stored_features(engine, as_of, day_catalogue)
+            if frame is not None and len(frame) == previous[as_of][1]:  # the stored rows are all there
                 log.info("features as of %s: %d accounts, reused (inputs unchanged since they were built)", as_of, len(frame))
                 frames.append(frame)
                 continue
-        frame = build_features(engine, as_of, refresh=False)
-        replace_rows(engine, FEATURE_TABLE, frame, where={"as_of_date": _ts(as_of)})
-        record = pd.DataFrame({"as_of_date": [pd.Timestamp(as_of)], "input_fingerprint": [fingerprint],
-                               "feature_rows": [len(frame)], "built_at": [pd.Timestamp(datetime.now())]})
-        replace_rows(engine, builds.name, record, where={"as_of_date": as_of})
-        log.info("features as of %s: %d accounts", as_of, len(frame))
+        frame = build_features(engine, as_of, refresh=False, catalogue=day_catalogue)
+        store_features(engine, as_of, frame, fingerprint)
+        log.info("features as of %s: %d accounts, %d features", as_of, len(frame), len(day_catalogue))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def features_for(engine: sa.Engine, as_of: date, features: pd.DataFrame, catalogue: Sequence[Feature], names: Sequence[str]) -> pd.DataFrame:
+    """``features`` when they hold every column in ``names`` (a model's), else the same
+    accounts' features rebuilt with ``catalogue`` (the model's own, e.g. its event types
+    are no longer today's most frequent). Not stored: the day's stored features stay the book's."""
+    if all(name in features.columns for name in names):
+        return features
+    log.info("features as of %s lack %d of the model's columns: building them with the model's catalogue",
+             as_of, sum(name not in features.columns for name in names))
+    rebuilt = build_features(engine, as_of, refresh=False, catalogue=catalogue)
+    wanted = features["account_id"].astype(str)
+    return rebuilt[rebuilt["account_id"].astype(str).isin(set(wanted))].reset_index(drop=True)
 
 
 def default_as_of(engine: sa.Engine, today: date | None = None) -> date:

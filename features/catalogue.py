@@ -2,18 +2,44 @@
 
 An entry gives the feature's name, family, window, description, unit, the direction that
 raises risk and the sentence used to explain a score. ``docs/features.md`` and the
-plain-words drivers shown to CS teams are generated from these entries; the builder in
-``features.build`` must produce exactly these columns (a test checks it).
+plain-words drivers shown to CS teams are generated from these entries.
+
+Static features are declared once in :data:`CATALOGUE`. A book's catalogue
+(:func:`feature_catalogue`) is the static one minus the families whose source the customer
+does not have (no surveys: no perception features, never zeros standing in for them), plus
+dynamic entries built from the book itself: per-event-type usage counts
+(:func:`event_type_features`) and mapped account / subscription attributes
+(:func:`attribute_features`). A trained model keeps the catalogue it was built with, so
+scoring and explaining need neither the mapping nor the data it was learned from.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # churnflow.manifest imports churnflow.schema, which imports this module
+    import sqlalchemy as sa
+
+    from churnflow.manifest import AttributeSpec, DataManifest
+
+log = logging.getLogger(__name__)
 
 Family = Literal["usage", "support", "perception", "commercial", "lifecycle"]
 FAMILIES: tuple[Family, ...] = ("usage", "support", "perception", "commercial", "lifecycle")
+# The optional canonical table a family's features read; commercial (subscriptions) and
+# lifecycle (accounts) read the tables every book has.
+FAMILY_SOURCES: dict[str, tuple[str, ...]] = {"usage": ("usage",), "support": ("tickets",), "perception": ("surveys",)}
+OPTIONAL_TABLES: tuple[str, ...] = ("usage", "tickets", "surveys")
+# risk_when "learned": the direction is not known a priori (a "dislike" count raises risk, a
+# "like" count lowers it); the sentence states the fact and the model's SHAP sign decides
+# whether it is shown as a risk or a protective driver.
+RiskWhen = Literal["higher", "lower", "category", "learned"]
+Origin = Literal["static", "event_type", "attribute"]
 
 
 @dataclass(frozen=True)
@@ -22,16 +48,30 @@ class Feature:
     family: Family
     description: str
     unit: str
-    risk_when: Literal["higher", "lower", "category"]
+    risk_when: RiskWhen
     # str.format template: {value}; also {abs_pct} and {direction} (fell/rose) for ratios and
     # {onoff} for flags. For categorical features {value} is the label.
     sentence: str
     window_days: int | None = None
+    # Categorical features: the values churnflow itself produces, in display order (used to
+    # validate playbooks). Empty for values that come from the customer's data (plan,
+    # segment, mapped attributes): the model learns those categories at training.
     categories: tuple[str, ...] = ()
+    # Optional canonical tables the feature reads; empty: its family's (FAMILY_SOURCES).
+    requires: tuple[str, ...] = ()
+    origin: Origin = "static"
+    # Dynamic features: the usage.feature value or the attribute name the feature reads.
+    key: str = ""
+    # Attributes: the canonical table the attribute belongs to (accounts or subscriptions).
+    table: str = ""
 
     @property
     def is_categorical(self) -> bool:
-        return bool(self.categories)
+        return self.risk_when == "category"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.requires or FAMILY_SOURCES.get(self.family, ())
 
     def explain(self, value: object) -> str:
         """The plain-words sentence for this feature at ``value``."""
@@ -116,9 +156,9 @@ CATALOGUE: tuple[Feature, ...] = (
     F("seats", "commercial", "Licensed seats", "seats", "lower",
       "{value:.0f} licensed seats"),
     F("plan", "commercial", "Current plan", "category", "category",
-      "On the {value} plan", None, ("starter", "growth", "enterprise", "other")),
+      "On the {value} plan"),
     F("segment", "commercial", "Customer segment", "category", "category",
-      "A {value} customer", None, ("smb", "mid_market", "enterprise", "other")),
+      "A {value} customer"),
     F("days_to_renewal", "commercial", "Days until the next renewal (renewal date, term end or billing-cycle anniversary; empty when unknown)", "days", "lower",
       "Renewal is due in {value:.0f} days"),
     F("auto_renew", "commercial", "Whether the current term renews automatically (1 yes, 0 no)", "flag", "lower",
@@ -131,17 +171,141 @@ CATALOGUE: tuple[Feature, ...] = (
     F("journey_stage", "lifecycle", "Onboarding (first 90 days), renewal window (90 days to renewal) or adoption", "category", "category",
       "In the {value} stage", None, ("onboarding", "adoption", "renewal_window")),
     F("days_to_first_value", "lifecycle", "Calendar days from becoming a customer to the first day of product activity", "days", "higher",
-      "Took {value:.0f} days to first product use"),
+      "Took {value:.0f} days to first product use", requires=("usage",)),
 )
 
 BY_NAME: dict[str, Feature] = {f.name: f for f in CATALOGUE}
 FEATURE_NAMES: list[str] = [f.name for f in CATALOGUE]
 CATEGORICAL: list[str] = [f.name for f in CATALOGUE if f.is_categorical]
-FEATURE_SET_VERSION = "2"  # bump when a feature's meaning changes (2: day-granular activity dates)
+# Bump when a feature's meaning changes. 2: day-granular activity dates. 3: optional families,
+# per-event-type usage, mapped attributes, raw plan/segment values (categories learned at fit).
+FEATURE_SET_VERSION = "3"
+
+SLUG_MAX = 40  # characters of a customer value kept in a feature name (names stay < 63, PostgreSQL's limit)
 
 
-def family_of(name: str) -> str:
-    return BY_NAME[name].family if name in BY_NAME else "other"
+def family_of(name: str, catalogue: Iterable[Feature] = CATALOGUE) -> str:
+    """The family of a feature of ``catalogue`` (default: the static one); "other" if unknown."""
+    for feature in catalogue:
+        if feature.name == name:
+            return feature.family
+    return "other"
+
+
+def slugify(value: str, max_length: int = SLUG_MAX) -> str:
+    """A customer value as part of a column name: lowercase ``[a-z0-9_]``, bounded length."""
+    slug = re.sub(r"[^a-z0-9]+", "_", str(value).strip().lower()).strip("_")[:max_length].strip("_")
+    return slug or "x"
+
+
+def _unique(base: str, names: Callable[[str], list[str]], taken: set[str]) -> list[str]:
+    """The first ``names(candidate)`` (candidate = base, base_2, base_3, ...) none of which is taken."""
+    k = 1
+    while True:
+        candidate = base if k == 1 else f"{base}_{k}"
+        out = names(candidate)
+        if not taken.intersection(out) and len(set(out)) == len(out):
+            return out
+        k += 1
+
+
+def event_type_features(event_types: Sequence[str], taken: Iterable[str] = FEATURE_NAMES) -> tuple[Feature, ...]:
+    """Per-event-type usage features: counts over 30 and 90 days and the 30-day trend.
+
+    Names are slugs of the event type; slugs that collide (with each other or ``taken``)
+    are resolved deterministically by suffixing ``_2``, ``_3``, ... in sorted order of the raw
+    values, so the same types always give the same names whatever their frequency order.
+    Direction is not known a priori (likes are good, dislikes bad): risk_when is "learned"
+    and the sentences state the fact.
+    """
+    used = set(taken)
+    named: dict[str, list[str]] = {}
+    for raw in sorted(set(event_types)):
+        names = _unique(slugify(raw), lambda s: [f"events_{s}_30d", f"events_{s}_trend_30d", f"events_{s}_90d"], used)
+        used.update(names)
+        named[raw] = names
+    out: list[Feature] = []
+    for raw in dict.fromkeys(event_types):  # caller's order (frequency), duplicates dropped
+        n30, trend, n90 = named[raw]
+        label = raw.replace("{", "(").replace("}", ")")
+        common = {"origin": "event_type", "key": raw}
+        out += [
+            Feature(n30, "usage", f"'{label}' events in the last 30 days", "events", "learned",
+                    f"{{value:,.0f}} '{label}' events in the last 30 days", 30, **common),
+            Feature(trend, "usage", f"Change in '{label}' events, last 30 days vs the 30 before", "ratio", "learned",
+                    f"'{label}' events {{direction}} {{abs_pct:.0f}}% over the last 30 days", 60, **common),
+            Feature(n90, "usage", f"'{label}' events in the last 90 days", "events", "learned",
+                    f"{{value:,.0f}} '{label}' events in the last 90 days", 90, **common),
+        ]
+    return tuple(out)
+
+
+def _sentence_works(feature: Feature) -> bool:
+    try:
+        feature.explain("x" if feature.is_categorical else 1.0)
+        return True
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return False
+
+
+def attribute_features(attributes: Sequence[AttributeSpec], taken: Iterable[str] = FEATURE_NAMES) -> tuple[Feature, ...]:
+    """Mapped attributes as features: numbers as floats, categories as learned categoricals.
+
+    Account attributes are lifecycle features (who the customer is), subscription attributes
+    commercial ones (what they bought); the families stay the five of :data:`FAMILIES`. A name
+    that collides with another feature gets an ``attr_`` prefix. A sentence the spec gives
+    that does not format is replaced by a plain one (logged), never a failure at scoring.
+    """
+    used = set(taken)
+    out: list[Feature] = []
+    for spec in attributes:
+        slug = slugify(spec.name)
+        name = _unique(slug if slug not in used else f"attr_{slug}", lambda s: [s], used)[0]
+        used.add(name)
+        categorical = spec.kind == "category"
+        label = spec.name.replace("{", "(").replace("}", ")")
+        description = spec.description or f"{label} (mapped from {spec.table})"
+        default_sentence = f"{label} is {{value}}" if categorical else f"{label} is {{value:,.4g}}"
+        risk: RiskWhen = "category" if categorical else (spec.risk_when if spec.risk_when in ("higher", "lower") else "learned")
+        feature = Feature(
+            name, "commercial" if spec.table == "subscriptions" else "lifecycle", description,
+            "category" if categorical else "value", risk, spec.sentence or default_sentence,
+            origin="attribute", key=spec.name, table=spec.table,
+        )
+        if not _sentence_works(feature):
+            log.warning("attribute %r: sentence %r does not format; using %r", spec.name, spec.sentence, default_sentence)
+            feature = Feature(**{**feature.__dict__, "sentence": default_sentence})
+        out.append(feature)
+    return tuple(out)
+
+
+def feature_catalogue(source: sa.Engine | DataManifest, event_types: Sequence[str] = ()) -> tuple[Feature, ...]:
+    """The catalogue of a book: the static features whose sources exist, then one set of
+    usage features per event type, then the mapped attributes.
+
+    ``source`` is the warehouse (its manifest and the tables it holds) or a manifest alone
+    (every table not declared absent counts as available).
+    """
+    from churnflow.manifest import DataManifest, available_tables, read_manifest
+    from churnflow.schema import CANONICAL
+
+    if isinstance(source, DataManifest):
+        manifest, available = source, frozenset(t for t in CANONICAL if t not in source.absent)
+    else:
+        manifest, available = read_manifest(source), available_tables(source)
+    static = tuple(f for f in CATALOGUE if set(f.sources) <= available)
+    dynamic = event_type_features(event_types) if "usage" in available else ()
+    attributes = attribute_features(manifest.attributes, [*FEATURE_NAMES, *(f.name for f in dynamic)])
+    return static + dynamic + attributes
+
+
+def families_of(catalogue: Iterable[Feature]) -> tuple[str, ...]:
+    """The families present in ``catalogue``, in :data:`FAMILIES` order."""
+    present = {f.family for f in catalogue}
+    return tuple(f for f in FAMILIES if f in present)
+
+
+_EXAMPLE_LABELS = {"plan": "growth", "segment": "mid_market"}  # docs only: values come from the book
 
 
 def features_markdown() -> str:
@@ -152,14 +316,58 @@ def features_markdown() -> str:
         "Generated from `features/catalogue.py` by `churnflow docs`; do not edit by hand.",
         "Every feature as of date D uses only rows stamped before D (see `docs/data-model.md`).",
         "",
+        "A book's features are the static ones below whose source it has (a family whose table the",
+        "mapping declares `absent`, or that is not in the warehouse, is left out: its features are",
+        "neither computed nor given to the model), plus the dynamic ones at the end. At training,",
+        "features that are constant or all missing on the fit slice are dropped and reported.",
+        "",
     ]
     for family in FAMILIES:
-        lines += [f"## {family}", "", "| feature | window | unit | risk rises when | description | example sentence |", "|---|---|---|---|---|---|"]
+        source = ", ".join(FAMILY_SOURCES.get(family, ())) or ("subscriptions" if family == "commercial" else "accounts")
+        lines += [f"## {family}", "", f"Source: `{source}`.", "",
+                  "| feature | window | unit | risk rises when | description | example sentence |", "|---|---|---|---|---|---|"]
         for f in CATALOGUE:
             if f.family != family:
                 continue
-            example = f.explain(f.categories[0] if f.is_categorical else (-0.42 if f.unit == "ratio" else 3))
+            example = f.explain(f.categories[0] if f.categories else (_EXAMPLE_LABELS.get(f.name, "x") if f.is_categorical else (-0.42 if f.unit == "ratio" else 3)))
             window = f"{f.window_days} d" if f.window_days else "-"
-            lines.append(f"| `{f.name}` | {window} | {f.unit} | {f.risk_when} | {f.description} | {example} |")
+            extra = [t for t in f.sources if t not in FAMILY_SOURCES.get(f.family, ())]
+            description = f.description + (f" (needs `{'`, `'.join(extra)}`)" if extra else "")
+            lines.append(f"| `{f.name}` | {window} | {f.unit} | {f.risk_when} | {description} | {example} |")
         lines.append("")
+    example = event_type_features(["unfriend"])
+    lines += [
+        "## Per-book features",
+        "",
+        "**Per event type** (family usage). For the event types named in the mapping",
+        "(`usage_event_types`) or, by default, the `usage_event_types_top` (8) most frequent",
+        "`usage.feature` values in the year before the as-of date (learned once at training and",
+        "stored with the model, so scoring builds the same columns), three features read from the",
+        "`usage_daily` rollup with the same windows as the totals. `<type>` is the value in",
+        "lowercase `[a-z0-9_]`, at most 40 characters; values that collide get `_2`, `_3`, ... in",
+        "sorted order of the raw values. Whether more events mean more or less risk is not known",
+        "in advance (likes and dislikes), so risk rises when is *learned*: the sentence states the",
+        "fact and the model's SHAP sign decides if it is shown as a risk or a protective driver.",
+        "",
+        "| feature | window | unit | risk rises when | description | example sentence (type `unfriend`) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f, pattern in zip(example, ("events_<type>_30d", "events_<type>_trend_30d", "events_<type>_90d")):
+        value = -0.42 if f.unit == "ratio" else 3
+        lines.append(f"| `{pattern}` | {f.window_days} d | {f.unit} | {f.risk_when} | {f.description.replace('unfriend', '<type>')} | {f.explain(value)} |")
+    lines += [
+        "",
+        "**Mapped attributes** (`attributes:` in the mapping, values in `account_attributes`). An",
+        "account attribute is a lifecycle feature, a subscription attribute (the value on the",
+        "account's main active subscription at D) a commercial one. `kind: number` gives a float,",
+        "`kind: category` a categorical; the sentence and `risk_when` come from the mapping",
+        "(numbers without `risk_when` are *learned*). A name taken by another feature gets an",
+        "`attr_` prefix.",
+        "",
+        "**Categories** of categorical features (plan, segment, NPS category, journey stage,",
+        "category attributes) are the values seen in the fit slice on at least max(20, 1% of its",
+        "rows) rows; rarer values, missing ones (`none`) that are rare, and values first seen at",
+        "scoring are `other`.",
+        "",
+    ]
     return "\n".join(lines)

@@ -47,6 +47,7 @@ def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, a
     ``score_accounts`` gives).
     """
     inputs = tasks.prepare_scoring(settings, day)
+    features = tasks.features_for_model(settings, day, features, inputs)
     fingerprint = None
     if accounts is None:  # a subset run always computes (it replaces only some rows of the day)
         fingerprint, stored = tasks.find_stored_scores(settings, day, features, inputs)

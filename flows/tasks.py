@@ -64,7 +64,8 @@ def refresh_rollups(settings: Settings, since: date) -> str:
 def build_features(settings: Settings, as_of: date, refresh: bool = True) -> pd.DataFrame:
     """Features as of one day; ``refresh=False`` when the flow already refreshed the rollups."""
     frame = feature_stage.materialize_features(
-        get_engine(settings.warehouse), [as_of], recheck_days=settings.rollup_recheck_days, refresh=refresh, reuse=settings.feature_reuse
+        get_engine(settings.warehouse), [as_of], recheck_days=settings.rollup_recheck_days, refresh=refresh, reuse=settings.feature_reuse,
+        event_types_top=settings.usage_event_types_top,
     )
     get_run_logger().info("features as of %s: %d active accounts, %d features", as_of, len(frame), frame.shape[1] - 2)
     return frame
@@ -154,6 +155,14 @@ def prepare_scoring(settings: Settings, as_of: date) -> ScoringInputs:
         loaded=loaded, previous_health=score_stage.previous_health(engine, as_of), overrides=score_stage.active_overrides(engine, as_of),
         scored_at=pd.Timestamp(datetime.now().replace(microsecond=0)),
     )
+
+
+@task(name="features-for-model", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
+def features_for_model(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs) -> pd.DataFrame:
+    """The day's features with every column the model reads: rebuilt with the model's own
+    catalogue when the book's catalogue of the day differs (e.g. other top event types)."""
+    model = inputs.loaded.model
+    return feature_stage.features_for(get_engine(settings.warehouse), as_of, features, model.catalogue, model.feature_names)
 
 
 @task(name="find-stored-scores", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 
 import numpy as np
@@ -13,17 +13,19 @@ import sqlalchemy as sa
 
 from churnflow.settings import Settings
 from features.build import build_features, default_as_of
+from features.catalogue import Feature
 from models.fast_shap import tree_shap
 from models.registry import load_model
 
 
-def distinct_rows(engine: sa.Engine, rows: int, as_of: date | None = None) -> pd.DataFrame:
+def distinct_rows(engine: sa.Engine, rows: int, as_of: date | None = None, catalogue: Sequence[Feature] | None = None) -> pd.DataFrame:
     """At least ``rows`` real, distinct feature rows: the active accounts at weekly as-of
-    dates going back from ``as_of`` (no duplicated rows, which would flatter the explainer)."""
+    dates going back from ``as_of`` (no duplicated rows, which would flatter the explainer),
+    all with the same columns (``catalogue``: e.g. the model's)."""
     day = as_of or default_as_of(engine)
     frames, total = [], 0
     while total < rows:
-        frame = build_features(engine, day)
+        frame = build_features(engine, day, catalogue=catalogue)
         if frame.empty:
             break
         frames.append(frame)
@@ -47,7 +49,7 @@ def bench_explain(engine: sa.Engine, settings: Settings, rows: int = 20000) -> d
     import shap
 
     loaded = load_model(settings)
-    features = distinct_rows(engine, rows)
+    features = distinct_rows(engine, rows, catalogue=loaded.model.catalogue)
     X = loaded.model.matrix(features)
     booster = loaded.model.booster
 

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from features.catalogue import BY_NAME, FAMILIES, family_of
+from features.catalogue import FAMILIES
 from models.churn_model import ChurnModel
 from models.fast_shap import tree_shap
 
@@ -29,25 +29,31 @@ def contributions(model: ChurnModel, features: pd.DataFrame, chunk_rows: int = 2
     return tree_shap(model.booster, model.matrix(features), chunk_rows=chunk_rows)
 
 
-def _driver(name: str, value: object, contribution: float) -> dict[str, object]:
-    feature = BY_NAME[name]
+def _driver(model: ChurnModel, name: str, value: object, contribution: float) -> dict[str, object]:
+    """One driver, worded by the model's own catalogue entry (dynamic features included)."""
+    feature = model.feature(name)
     plain = value.item() if isinstance(value, np.generic) else value
     if isinstance(plain, float) and np.isnan(plain):
         plain = None
-    return {"feature": name, "value": plain, "contribution": round(float(contribution), 6), "sentence": feature.explain(plain)}
+    return {"feature": name, "family": feature.family, "value": plain, "contribution": round(float(contribution), 6),
+            "sentence": feature.explain(plain)}
 
 
 def drivers(model: ChurnModel, features: pd.DataFrame, shap_values: np.ndarray, top: int = 3) -> pd.DataFrame:
-    """Per account: top risk drivers (largest positive contributions) and the top protective one."""
+    """Per account: top risk drivers (largest positive contributions) and the top protective one.
+
+    Only the model's own features can be drivers (a family the book lacks was never given to
+    the model, so it is never cited). A feature of "learned" direction is a risk driver when
+    its contribution raises risk for this account, protective when it lowers it."""
     values = shap_values[:, :-1]
     names = model.feature_names
     raw = features[names].to_numpy(dtype=object)
     order = np.argsort(-values, axis=1)
     rows = []
     for i in range(len(values)):
-        risk = [_driver(names[j], raw[i, j], values[i, j]) for j in order[i, :top] if values[i, j] > 0]
+        risk = [_driver(model, names[j], raw[i, j], values[i, j]) for j in order[i, :top] if values[i, j] > 0]
         j = order[i, -1]
-        protective = _driver(names[j], raw[i, j], values[i, j]) if values[i, j] < 0 else None
+        protective = _driver(model, names[j], raw[i, j], values[i, j]) if values[i, j] < 0 else None
         rows.append(
             {
                 "top_drivers": json.dumps(risk),
@@ -66,11 +72,17 @@ def family_scores(model: ChurnModel, shap_values: np.ndarray) -> pd.DataFrame:
     sub-score is the health score an account would have if only f's signals differed from
     the average account: round(100 * (1 - calibrate(m0 + c_f))). Families that pull risk
     up score below the average account's health, protective ones above. (docs/health-score.md)
+    A family the model does not have (its source is absent) has no sub-score (missing), not
+    the average account's health: there is nothing to score it on.
     """
     base = shap_values[:, -1]
-    families = np.array([family_of(name) for name in model.feature_names])
+    families = np.array([model.feature(name).family for name in model.feature_names])
+    present = set(model.families)
     out = {}
     for family in FAMILIES:
+        if family not in present:
+            out[f"{family}_score"] = pd.array([pd.NA] * len(shap_values), dtype="Int64")
+            continue
         c = shap_values[:, :-1][:, families == family].sum(axis=1)
         out[f"{family}_score"] = np.rint(100 * (1 - model.calibrator(base + c))).astype(int)
     return pd.DataFrame(out)

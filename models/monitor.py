@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, replace_rows, table_exists
-from features.catalogue import BY_NAME
+from features.build import OTHER_CATEGORY, features_for
 from features.labels import is_matured, labels_for_dates
 from models.churn_model import ChurnModel
 from models.evaluate import classification_metrics
@@ -55,7 +55,11 @@ def numeric_shares(values: pd.Series, edges: list[float]) -> np.ndarray:
 
 
 def categorical_shares(values: pd.Series, categories: list[str]) -> np.ndarray:
-    counts = values.astype(str).value_counts().reindex(categories).fillna(0).to_numpy(dtype=float)
+    """Share of rows per category; a value outside the model's categories counts as "other"."""
+    text = values.astype(str)
+    if OTHER_CATEGORY in categories:
+        text = text.where(text.isin(categories), OTHER_CATEGORY)
+    counts = text.value_counts().reindex(categories).fillna(0).to_numpy(dtype=float)
     return counts / max(len(values), 1)
 
 
@@ -68,10 +72,10 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 def reference_profile(fit: pd.DataFrame, model: ChurnModel) -> dict[str, object]:
     """Distributions of the fit slice: each feature and the score."""
     features: dict[str, object] = {}
+    learned = model._categories()
     for name in model.feature_names:
-        feature = BY_NAME[name]
-        if feature.is_categorical:
-            cats = list(feature.categories)
+        if name in learned:
+            cats = list(learned[name])
             features[name] = {"kind": "categorical", "categories": cats, "shares": categorical_shares(fit[name], cats).tolist()}
         else:
             features[name] = _numeric_profile(fit[name])
@@ -178,5 +182,6 @@ def monitor_champion(engine: sa.Engine, settings: Settings, as_of: date) -> Moni
     run_id = client.get_model_version(settings.model_name, loaded.version).run_id
     holdout_auc = client.get_run(run_id).data.metrics.get("holdout_roc_auc") if run_id else None
     return monitor(
-        engine, settings, as_of, model=loaded.model, model_version=loaded.version, holdout_auc=holdout_auc, features=load_features(engine, as_of)
+        engine, settings, as_of, model=loaded.model, model_version=loaded.version, holdout_auc=holdout_auc,
+        features=features_for(engine, as_of, load_features(engine, as_of, settings.usage_event_types_top), loaded.model.catalogue, loaded.model.feature_names),
     )

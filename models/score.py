@@ -23,7 +23,7 @@ from churnflow.fingerprint import frame_digest, source_version
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES, SCORE_BUILDS
 from churnflow.settings import Settings
 from churnflow.warehouse import ensure_table, insert_frame, read_sql, replace_rows, table_exists
-from features.build import materialize_features
+from features.build import DEFAULT_EVENT_TYPES_TOP, features_for, materialize_features
 from models.explain import contributions, drivers, family_scores
 from models.registry import LoadedModel, load_model
 
@@ -60,10 +60,10 @@ def band(p_churn: np.ndarray, settings: Settings, base_rate: float | None = None
     return np.select([p >= red, p >= yellow], ["red", "yellow"], default="green")
 
 
-def load_features(engine: sa.Engine, as_of: date) -> pd.DataFrame:
+def load_features(engine: sa.Engine, as_of: date, event_types_top: int = DEFAULT_EVENT_TYPES_TOP) -> pd.DataFrame:
     """Features for ``as_of``: the stored ones while every input they read is unchanged,
     else rebuilt (and stored)."""
-    return materialize_features(engine, [as_of])
+    return materialize_features(engine, [as_of], event_types_top=event_types_top)
 
 
 TREND_TOLERANCE_DAYS = 6
@@ -306,7 +306,8 @@ def score_accounts(
     accounts' stored rows are left untouched.
     """
     loaded = loaded or load_model(settings)
-    features = load_features(engine, as_of) if features is None else features
+    features = load_features(engine, as_of, settings.usage_event_types_top) if features is None else features
+    features = features_for(engine, as_of, features, loaded.model.catalogue, loaded.model.feature_names)
     health, overrides, fingerprint = previous_health(engine, as_of), active_overrides(engine, as_of), None
     if accounts is not None:
         wanted = {str(a) for a in accounts}

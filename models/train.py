@@ -32,8 +32,8 @@ from sklearn.linear_model import LogisticRegression
 from churnflow.errors import ChurnflowError
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, table_exists
-from features.build import as_model_frame, build_features, refresh_derived
-from features.catalogue import FEATURE_NAMES, FEATURE_SET_VERSION
+from features.build import as_model_frame, book_catalogue, build_features, learn_categories, refresh_derived
+from features.catalogue import CATALOGUE, FEATURE_SET_VERSION, Feature
 from features.labels import data_window, labels_for_dates, observation_end, training_dates
 from models.churn_model import ChurnModel, PlattCalibrator
 from models.monitor import reference_profile
@@ -52,6 +52,9 @@ class TrainingSet:
     observed_until: date
     cadence: str = "monthly"
     churners: dict[str, int] = field(default_factory=dict)  # distinct churned accounts per slice
+    # The book's catalogue every snapshot was built with (event types learned once, at the
+    # newest snapshot); empty for a frame built elsewhere: the static features it holds.
+    catalogue: tuple[Feature, ...] = ()
 
 
 @dataclass
@@ -213,11 +216,14 @@ def build_training_set(engine: sa.Engine, settings: Settings, observed_until: da
         )
     used = plan.used
     refresh_derived(engine, min(used))  # once: every snapshot below reads the same rollups
-    features = pd.concat([build_features(engine, d, refresh=False) for d in used], ignore_index=True)
+    # One catalogue for every snapshot: the event types known at the newest one (a frequency
+    # count of usage, no labels), so all snapshots have the same columns.
+    catalogue = book_catalogue(engine, max(used), settings.usage_event_types_top)
+    features = pd.concat([build_features(engine, d, refresh=False, catalogue=catalogue) for d in used], ignore_index=True)
     frame = features.merge(labels[["as_of_date", "account_id", "churned"]], on=["as_of_date", "account_id"], how="inner")
     log.info("training set: %d rows over %d %s snapshots, churn rate %.3f, churned accounts %s", len(frame), len(used), plan.cadence,
              frame["churned"].mean(), churners)
-    return TrainingSet(frame, plan.fit_dates, plan.calibration_date, plan.holdout_dates, observed_until, plan.cadence, churners)
+    return TrainingSet(frame, plan.fit_dates, plan.calibration_date, plan.holdout_dates, observed_until, plan.cadence, churners, catalogue)
 
 
 def holdout_rows(ts: TrainingSet) -> pd.DataFrame:
@@ -242,11 +248,31 @@ def lgb_params(settings: Settings) -> dict[str, object]:
     }
 
 
+def unusable_features(fit: pd.DataFrame, names: list[str]) -> dict[str, str]:
+    """Features the fit slice cannot teach anything: all missing, or one value on every row
+    (a missing value counts as a value: "present vs missing" is a signal). Name -> reason."""
+    out: dict[str, str] = {}
+    for name in names:
+        values = fit[name]
+        if values.isna().all():
+            out[name] = "all missing on the fit slice"
+        elif values.nunique(dropna=False) <= 1:
+            out[name] = f"constant on the fit slice (always {values.iloc[0]!r})"
+    return out
+
+
 def fit_model(ts: TrainingSet, settings: Settings, feature_names: list[str] | None = None) -> ChurnModel:
     """LightGBM on the fit slice, early-stopped and Platt-calibrated on the calibration slice.
 
-    ``feature_names`` defaults to the catalogue; a data scientist can pass another list
-    (e.g. the catalogue plus a candidate feature present in ``ts.frame``).
+    ``feature_names`` defaults to the training set's catalogue (the book's features); a data
+    scientist can pass another list (e.g. the catalogue plus a candidate feature present in
+    ``ts.frame``).
+
+    Categorical features get the categories seen on the fit slice on at least max(20, 1% of
+    its rows) rows, plus "other" for rarer and unseen values; the model stores them. Features
+    that are all missing or constant on the fit slice are dropped and reported on the model
+    (``dropped_features``): they can only add noise, and a family the book lacks never reaches
+    the model as zeros.
 
     Class imbalance is left to the loss (no reweighting), so raw probabilities stay
     honest; calibration only corrects the shape.
@@ -254,9 +280,21 @@ def fit_model(ts: TrainingSet, settings: Settings, feature_names: list[str] | No
     frame = ts.frame
     fit = frame[frame["as_of_date"].dt.date.isin(ts.fit_dates)]
     cal = frame[frame["as_of_date"].dt.date == ts.calibration_date]
-    names = list(feature_names or FEATURE_NAMES)
-    train_data = lgb.Dataset(as_model_frame(fit, names), label=fit["churned"], free_raw_data=False)
-    valid_data = lgb.Dataset(as_model_frame(cal, names), label=cal["churned"], reference=train_data)
+    catalogue = ts.catalogue or tuple(f for f in CATALOGUE if f.name in frame.columns)
+    candidates = list(feature_names or [f.name for f in catalogue])
+    by_name = {f.name: f for f in catalogue}
+    categorical = [name for name in candidates if name in by_name and by_name[name].is_categorical]  # others: numeric
+    categories = {name: learn_categories(fit[name]) for name in categorical}
+    # Categories first: a value seen on too few rows is "other", which may leave one value.
+    dropped = unusable_features(as_model_frame(fit, candidates, categories), candidates)
+    names = [name for name in candidates if name not in dropped]
+    if not names:
+        raise ValueError(f"no usable feature on the fit slice ({len(fit)} rows): every candidate is constant or missing")
+    if dropped:
+        log.info("dropped %d feature(s) the fit slice cannot teach: %s", len(dropped), ", ".join(sorted(dropped)))
+    categories = {name: cats for name, cats in categories.items() if name in names}
+    train_data = lgb.Dataset(as_model_frame(fit, names, categories), label=fit["churned"], free_raw_data=False)
+    valid_data = lgb.Dataset(as_model_frame(cal, names, categories), label=cal["churned"], reference=train_data)
     booster = lgb.train(
         lgb_params(settings),
         train_data,
@@ -264,7 +302,8 @@ def fit_model(ts: TrainingSet, settings: Settings, feature_names: list[str] | No
         valid_sets=[valid_data],
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
-    model = ChurnModel(booster, PlattCalibrator(), names, FEATURE_SET_VERSION if names == FEATURE_NAMES else f"{FEATURE_SET_VERSION}+custom")
+    version = FEATURE_SET_VERSION if feature_names is None else f"{FEATURE_SET_VERSION}+custom"
+    model = ChurnModel(booster, PlattCalibrator(), names, version, catalogue=catalogue, categories=categories, dropped_features=dropped)
     margin = model.margin(cal)
     if cal["churned"].nunique() == 2:
         lr = LogisticRegression(C=1e6).fit(margin.reshape(-1, 1), cal["churned"])
@@ -369,18 +408,22 @@ def evaluate_and_register(
                 "holdout_dates": ",".join(str(d) for d in ts.holdout_dates),
                 "feature_set_version": FEATURE_SET_VERSION,
                 "features": len(model.feature_names),
+                "families": ",".join(model.families),
+                "dropped_features": len(model.dropped_features),
                 "best_iteration": model.booster.best_iteration,
                 "calibration": f"platt a={model.calibrator.a:.4f} b={model.calibrator.b:.4f}",
                 **split_summary(ts),
             }
         )
         mlflow.set_tags({"git_commit": _git_commit(), **(tags or {})})
+        mlflow.log_dict({"families": list(model.families), "dropped_features": model.dropped_features,
+                         "categories": model.categories or {}}, "features.json")  # what the fit slice allowed
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         log_figures(model, hold)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
-            input_example=hold[FEATURE_NAMES].head(5),
+            input_example=hold[model.feature_names].head(5),
             registered_model_name=settings.model_name,
         )
         version = str(info.registered_model_version)

@@ -383,7 +383,7 @@ def test_empty_sections_render_their_reason(tmp_path, book):
     engine = write_book(tmp_path / "thin.duckdb", book, only_last_date=True, outreach=False, surveys=False)
     d = dg.build_digest(engine, WEEK_ENDING)
     assert d.last_date is None and d.movers.movers_reason == "no scores a week earlier"
-    reasons = ["no scores a week earlier", "no outreach has run yet", "no survey data in the warehouse",
+    reasons = ["no scores a week earlier", "no outreach has run yet", "no surveys are configured",
                "model monitoring has not run yet", "no trend to draw yet"]
     for text in (dg.render_html(d), dg.render_text(d), dg.render_markdown(d)):
         for reason in reasons:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from churnflow.demo_data import generate_book, write_book
 from churnflow.warehouse import read_sql, replace_rows
-from features.build import build_features, default_as_of
+from features.build import book_catalogue, build_features, default_as_of
 from features.catalogue import CATALOGUE, FEATURE_NAMES, features_markdown
 
 AS_OF = date(2026, 6, 1)
@@ -19,11 +19,15 @@ AS_OF = date(2026, 6, 1)
 
 def test_builder_produces_exactly_the_catalogue(book_engine: sa.Engine) -> None:
     frame = build_features(book_engine, AS_OF)
-    assert list(frame.columns) == ["as_of_date", "account_id", *FEATURE_NAMES]
+    catalogue = book_catalogue(book_engine, AS_OF)
+    # A demo book has every source: the whole static catalogue, then 8 event types x 3.
+    assert [f.name for f in catalogue[: len(FEATURE_NAMES)]] == FEATURE_NAMES
+    assert len(catalogue) == len(FEATURE_NAMES) + 8 * 3
+    assert list(frame.columns) == ["as_of_date", "account_id", *(f.name for f in catalogue)]
     assert frame["account_id"].is_unique
     assert len(frame) > 100
     # Every catalogue feature carries real signal on a demo book (none constant).
-    constant = [f for f in FEATURE_NAMES if frame[f].nunique(dropna=True) <= 1]
+    constant = [f.name for f in catalogue if frame[f.name].nunique(dropna=True) <= 1]
     assert constant == []
 
 
@@ -117,7 +121,7 @@ def test_catalogue_entries_are_complete_and_explainable() -> None:
     names = [f.name for f in CATALOGUE]
     assert len(names) == len(set(names))
     for feature in CATALOGUE:
-        sample = feature.categories[0] if feature.is_categorical else 0.25
+        sample = (feature.categories[0] if feature.categories else "enterprise") if feature.is_categorical else 0.25
         sentence = feature.explain(sample)
         assert sentence and "{" not in sentence, feature.name
         assert (feature.risk_when == "category") == feature.is_categorical, feature.name

@@ -12,7 +12,6 @@ import shap
 
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
-from features.catalogue import FEATURE_NAMES
 from models.evaluate import classification_metrics
 from models.explain import contributions
 from models.registry import load_model
@@ -117,7 +116,8 @@ def test_scoring_writes_history_and_replaces_the_same_day(trained_home: Settings
     assert (stored.loc[red, "band"] == "red").all() and (stored.loc[~red, "band"] != "red").all()
     np.testing.assert_allclose(stored["arr_at_risk"], stored["p_churn"] * stored["arr"])
     drivers = json.loads(stored.sort_values("p_churn").iloc[-1]["top_drivers"])
-    assert drivers and all(d["feature"] in FEATURE_NAMES and d["contribution"] > 0 and d["sentence"] for d in drivers)
+    model = load_model(settings).model
+    assert drivers and all(d["feature"] in model.feature_names and d["contribution"] > 0 and d["sentence"] for d in drivers)
     # A week later the trend is filled from the history.
     later = score_accounts(engine, settings, date(2026, 10, 8))
     assert later["health_change_7d"].notna().mean() > 0.9
