@@ -110,7 +110,8 @@ class FieldDef:
 
 
 _SPEC_TYPES = {"Number": "double", "Percent": "percent", "Currency": "currency", "Text": "string",
-               "LongTextArea": "textarea", "Picklist": "picklist", "DateTime": "datetime"}
+               "LongTextArea": "textarea", "Picklist": "picklist", "DateTime": "datetime",
+               "Date": "date"}
 
 
 def _from_spec(spec: FieldSpec) -> FieldDef:
@@ -171,6 +172,9 @@ def build_schema() -> dict[str, SObjectSchema]:
         # The org's own renewal date (maintained by CS ops, not by churnflow): read back when
         # CHURNFLOW_SF_RENEWAL_DATE_FIELD names it.
         FieldDef("Renewal_Date__c", "date", "Renewal Date"),
+        # An org's own external id (e.g. the billing system's customer number): accounts can
+        # be matched by it (CHURNFLOW_SF_ACCOUNT_MATCH_FIELD=Customer_Number__c).
+        FieldDef("Customer_Number__c", "string", "Customer Number", length=40, external_id=True, unique=True),
         *custom["Account"],
     ])
     user = SObjectSchema("User", "005", "User", [

@@ -45,7 +45,8 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from crm_sync.fields import is_missing, account_health_payload, fields_for
+from crm_sync.fields import (TASK_PRIORITY_VALUES, TASK_STATUS_VALUES, account_health_payload, change_state, fields_for, is_missing,
+                             material_change)
 from crm_sync.ids import to_id18
 from crm_sync.ledger import Ledger, payload_hash
 from crm_sync.soql import soql_quote
@@ -61,8 +62,8 @@ MAX_QUERY_URI = 12000
 #: Record-level error codes that are worth retrying: the same write later usually succeeds.
 TRANSIENT_ROW_ERRORS = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG", "QUERY_TIMEOUT"})
 TASK_TEXT_FIELDS = {"Subject": 255, "Description": 32000}
-TASK_PRIORITIES = ("High", "Normal", "Low")
-TASK_STATUSES = ("Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")
+TASK_PRIORITIES = tuple(v for v, _high, _default in TASK_PRIORITY_VALUES)
+TASK_STATUSES = tuple(v for v, _closed, _default in TASK_STATUS_VALUES)
 
 
 # --------------------------------------------------------------------------------------
