@@ -222,19 +222,23 @@ def sync_cmd(
     as_of: AsOf = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send only the records the ledger holds as failed.")] = False,
-    reconcile: Annotated[bool, typer.Option("--reconcile", help="Compare the CRM with what churnflow intended; write nothing.")] = False,
+    reconcile: Annotated[bool, typer.Option("--reconcile", help="Compare the CRM with what churnflow intended (duplicate tasks included); write nothing. Exits 1 on differences.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Close extra Tasks that share a churnflow key (Status Completed + a note), keep one.")] = False,
 ) -> None:
-    """Push account health fields and pending tasks to the CRM."""
-    from crm_sync.sync import sync_crm
+    """Push account health fields and pending tasks to the CRM. Exits 1 when records were rejected."""
+    from crm_sync.sync import CrmSyncFailed, sync_crm
 
-    if sum((dry_run, retry_failed, reconcile)) > 1:
-        raise typer.BadParameter("use only one of --dry-run, --retry-failed, --reconcile")
+    if sum((dry_run, retry_failed, reconcile, repair)) > 1:
+        raise typer.BadParameter("use only one of --dry-run, --retry-failed, --reconcile, --repair")
     settings = _settings()
     engine, day = _engine(settings), _as_of(settings, as_of)
     if retry_failed:
         from crm_sync.ops import retry_failed as retry_failed_records
 
-        console.print(retry_failed_records(engine, settings, day).describe(), markup=False)
+        retried = retry_failed_records(engine, settings, day)
+        console.print(retried.describe(), markup=False)
+        if any(s is not None and s.failed for s in (retried.accounts, retried.tasks)):
+            raise typer.Exit(1)
         return
     if reconcile:
         from crm_sync.ops import reconcile as reconcile_crm
@@ -243,13 +247,32 @@ def sync_cmd(
         for difference in differences:
             console.print(difference.describe(), markup=False)
         console.print(f"reconcile as of {day:%Y-%m-%d}: {len(differences)} difference(s)", markup=False)
+        if differences:
+            raise typer.Exit(1)
         return
-    summary = sync_crm(engine, settings, day, dry_run=dry_run)
+    if repair:
+        from crm_sync.ops import repair_duplicates
+
+        repaired = repair_duplicates(engine, settings)
+        console.print(repaired.describe(), markup=False)
+        if repaired.failed:
+            raise typer.Exit(1)
+        return
+    try:
+        summary = sync_crm(engine, settings, day, dry_run=dry_run)
+    except CrmSyncFailed as failed:
+        summary = failed.summary
+        for line in summary.skipped_lines():
+            console.print(line, markup=False)
+        console.print(str(failed), markup=False)
+        raise typer.Exit(1) from None
     for change in summary.changes[:200]:
         console.print(change.describe(), markup=False)
     if len(summary.changes) > 200:
         console.print(f"... and {len(summary.changes) - 200} more field change(s)", markup=False)
-    console.print(summary.describe())
+    for line in summary.skipped_lines():
+        console.print(line, markup=False)
+    console.print(summary.describe(), markup=False)
 
 
 @app.command("digest")

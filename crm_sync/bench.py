@@ -36,6 +36,7 @@ def _frames(account_ids: list[str], emails: list[str], n_tasks: int) -> tuple[pd
         "top_drivers_text": [f"Logins fell {i % 50}%" for i in range(n)],
         "arr_at_risk": [100.0 + i % 5000 for i in range(n)],
         "scored_at": datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc),
+        "as_of_date": date(2026, 11, 20),
     })
     tasks = pd.DataFrame({
         "task_key": [f"bench:save:{i:07d}" for i in range(n_tasks)],

@@ -210,13 +210,13 @@ def account_health_payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def change_state(row: dict[str, Any]) -> dict[str, Any]:
-    """The values that decide whether an account changed (CRM form), plus the account's ARR.
+    """What the ledger keeps of a sent account: every field value (CRM form), plus its ARR.
 
     ARR is not a CRM field, but ARR at risk (which rides along) moves with it: a renewal
-    with a new ARR must reach the CRM even when the health score did not move.
+    with a new ARR must reach the CRM even when the health score did not move. Keeping all
+    values lets reconcile tell what the CRM should hold on days the account was not sent.
     """
-    state = {spec.api_name: spec.to_crm(row.get(spec.source)) for spec in fields_for("Account")
-             if spec.source and spec.change != "never"}
+    state = account_health_payload(row)
     arr = row.get("arr")
     state["arr"] = None if is_missing(arr) else round(float(arr), 2)
     return state
@@ -230,11 +230,13 @@ def material_change(sent: dict[str, Any] | None, new: dict[str, Any], min_points
     no API call and fires none of the org's triggers or field history. ``sent`` is the
     state last confirmed in the CRM (None: never sent, everything is a change).
     """
-    if sent is None:
-        return sorted(new)
     rules = {spec.api_name: spec.change for spec in fields_for("Account")}
+    if sent is None:
+        return sorted(n for n in new if rules.get(n) != "never")
     changed = []
     for name, value in new.items():
+        if rules.get(name) == "never":
+            continue
         old = sent.get(name)
         if rules.get(name) == "points" and old is not None and value is not None:
             if abs(float(value) - float(old)) >= min_points - 1e-9:

@@ -281,7 +281,7 @@ def _type_error(fdef: FieldDef, value: Any, source: str) -> RecordError:
 # --------------------------------------------------------------------------------------
 # Faults
 # --------------------------------------------------------------------------------------
-FAULT_KINDS = ("limit", "expired", "unavailable", "slow", "drop", "bulk_row_failures", "error")
+FAULT_KINDS = ("limit", "expired", "unavailable", "slow", "late", "drop", "bulk_row_failures", "error")
 
 
 @dataclass
@@ -293,6 +293,11 @@ class Fault:
     ``nth`` matching request is the first to fail, and ``count`` consecutive matching
     requests fail in total. ``after=True`` on a ``drop`` processes the request (writes
     commit) before the connection is dropped - the ambiguous case clients must survive.
+    ``slow`` processes the request, then holds the response ``delay`` seconds (past the
+    client's timeout, the writes are visible to the client's next call); ``late`` holds
+    the request ``delay`` seconds *before* processing it, then commits it and drops the
+    connection: the client gave up long ago, and a lookup it made meanwhile found nothing
+    (as a Salesforce request keeps running after its client timed out).
     """
 
     kind: str
@@ -927,10 +932,12 @@ class LocalSalesforce:
         with self._lock:
             self.api_calls["total"] += 1
             self.api_calls[endpoint] += 1
-        fault = self.faults.take(method, endpoint, path, ("limit", "expired", "unavailable", "drop", "error", "slow"))
+        fault = self.faults.take(method, endpoint, path, ("limit", "expired", "unavailable", "drop", "error", "slow", "late"))
         delay = 0.0
         if fault is not None:
             log.debug("local CRM injecting %s fault on %s %s", fault.kind, method, path)
+            if fault.kind == "late":
+                time.sleep(fault.delay)  # not holding the lock: the client's other calls go on meanwhile
             if fault.kind == "drop" and not fault.after:
                 return None
             if fault.kind == "limit":
@@ -960,7 +967,7 @@ class LocalSalesforce:
             with self._lock:
                 self._flush()
         response = self._finish(response, method, path)
-        if fault is not None and fault.kind == "drop":
+        if fault is not None and fault.kind in ("drop", "late"):
             return None
         return delay, response
 

@@ -4,6 +4,11 @@
 warehouse, pushes them with :mod:`crm_sync.push`, and stores the Task Ids it got back so
 the next run does not send those tasks again. In local mode it also makes sure the local
 org knows the warehouse's accounts and their owners (a real org already does).
+
+Nothing is silent: every account a run does not write is named with the reason (no crm
+id, older score), and records Salesforce rejected make :func:`sync_crm` raise
+:class:`CrmSyncFailed` once everything else is written and recorded, so the flow run
+fails and its notifications fire.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.ledger import Ledger
 from crm_sync.local_server import LocalSalesforce
-from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, PushSummary, RetryPolicy, in_clause_queries, push_account_health,
-                           push_tasks, query_all)
+from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, AccountResolver, PushSummary, RecordFailure, RecordSkip, RetryPolicy,
+                           in_clause_queries, push_account_health, push_tasks, query_all)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,28 @@ class SyncSummary:
     changes: list[Any] = field(default_factory=list)  # dry run: crm_sync.ops.PlannedChange
     api_estimate: dict[str, int] = field(default_factory=dict)  # dry run: calls the push would take
 
+    @property
+    def failures(self) -> list[RecordFailure]:
+        """Every record Salesforce (or churnflow's own checks) rejected in this run."""
+        return [e for s in (self.accounts, self.tasks) if s is not None for e in s.errors]
+
+    @property
+    def skips(self) -> list[RecordSkip]:
+        """Every record deliberately not written, with the reason."""
+        return [k for s in (self.accounts, self.tasks) if s is not None for k in s.skips]
+
+    def skipped_lines(self) -> list[str]:
+        """One line per account or task not written (skipped, rejected or in doubt) and why."""
+        lines: list[str] = []
+        for push in (self.accounts, self.tasks):
+            if push is None:
+                continue
+            what = "account" if push.kind == "account_health" else "task"
+            lines += [f"{what} {skip.describe()}" for skip in push.skips]
+            lines += [f"{what} {e.key}: rejected - {e.code}: {e.message}" for e in push.errors]
+            lines += [f"{what} {key}: in doubt - {why}" for key, why in push.in_doubt.items()]
+        return lines
+
     def describe(self) -> str:
         if self.dry_run:
             text = (f"dry run as of {self.as_of}: would write health fields on {self.planned.get('accounts', 0)} accounts "
@@ -56,14 +83,27 @@ class SyncSummary:
         return f"as of {self.as_of}: " + ("; ".join(parts) if parts else "nothing to push")
 
 
+class CrmSyncFailed(RuntimeError):
+    """Salesforce rejected records: the run wrote what it could, recorded everything, and fails
+    loudly (the CLI exits non-zero, the Prefect task and flow fail and notify)."""
+
+    def __init__(self, summary: SyncSummary) -> None:
+        self.summary = summary
+        failures = summary.failures
+        first = "; ".join(f"{e.key}: {e.code} {e.message}"[:200] for e in failures[:5])
+        super().__init__(f"CRM sync as of {summary.as_of}: {len(failures)} record(s) rejected (first: {first}). "
+                         f"{summary.describe()}. Fix the cause, then `churnflow sync --retry-failed`.")
+
+
 def load_account_health(engine: sa.Engine, as_of: date) -> pd.DataFrame:
     """The day's account_scores rows with the accounts' crm_account_id."""
     if not table_exists(engine, "account_scores"):
         return pd.DataFrame(columns=["account_id", "crm_account_id"])
+    # Accounts without a crm id are kept: the push names them as skipped instead of dropping them silently.
     return read_sql(
         engine,
         "SELECT s.*, a.crm_account_id FROM account_scores s JOIN accounts a ON a.account_id = s.account_id "
-        "WHERE s.as_of_date = :d AND a.crm_account_id IS NOT NULL",
+        "WHERE s.as_of_date = :d",
         {"d": datetime(as_of.year, as_of.month, as_of.day)},
     )
 
@@ -117,12 +157,16 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
     """Push account health rows and tasks, store the Task Ids returned: shared by sync and retry."""
     from churnflow.outreach import record_task_ids
 
+    # One resolver per run: accounts matched by an external id are looked up once, for both pushes.
+    resolver = AccountResolver(sf, settings.sf_account_match_field, retry or DEFAULT_RETRY)
     if len(health):
         summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
-                                               retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval)
+                                               retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval,
+                                               resolver=resolver, min_change=settings.crm_min_health_change)
     if len(tasks):
         summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
-                                   poll_interval=poll_interval)
+                                   poll_interval=poll_interval, resolver=resolver,
+                                   settle_seconds=settings.crm_task_settle_seconds)
         record_task_ids(engine, {k: v for k, v in summary.tasks.ids.items() if v})
 
 
@@ -132,7 +176,9 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
     """Push the day's health fields and all pending tasks; store the Task Ids returned.
 
     The intent ledger (table ``crm_sync_ledger``) makes the push a delta (unchanged
-    accounts are not sent again) and lets a crashed run resume without duplicates.
+    accounts are not sent again), refuses scores older than what the CRM holds, and lets a
+    crashed run resume without duplicates. Raises :class:`CrmSyncFailed` (carrying the
+    summary) when Salesforce rejected any record, after everything else was written.
     """
     from churnflow.outreach import record_task_ids
 
@@ -147,7 +193,7 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
         from crm_sync.ops import estimate_api_calls, plan_changes
 
         ledger = Ledger.existing(engine) if use_ledger else None
-        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger)
+        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger, settings.crm_min_health_change)
         summary.planned["accounts"] = n_accounts
         emails = {str(e).strip().lower() for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()}
         summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold)
@@ -156,7 +202,7 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
     ledger = Ledger(engine) if use_ledger else None
     local = settings.crm == "local"
     with local_crm(settings) if local else nullcontext() as server:
-        sf = connect(settings)
+        sf = connect(settings, retry=retry)
         if local:
             emails = [e for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()]
             try:
@@ -167,6 +213,10 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
                               bulk_threshold=bulk_threshold, poll_interval=poll_interval)
         summary.statuses_changed = refresh_task_status(engine, sf, retry or DEFAULT_RETRY)
     log.info("crm sync %s", summary.describe())
+    for line in summary.skipped_lines():
+        log.info("crm sync: %s", line)
+    if summary.failures:
+        raise CrmSyncFailed(summary)
     return summary
 
 

@@ -27,9 +27,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def invoke(*args: str) -> str:
+def invoke(*args: str, code: int = 0) -> str:
     result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -48,7 +48,7 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         invoke("sync", "--as-of", "2026-11-20")
         assert "0 difference(s)" in invoke("sync", "--as-of", "2026-11-20", "--reconcile")
         connect(settings).Account.update(accounts["crm_account_id"][1], {"Churnflow_Health_Band__c": "Red"})
-        out = invoke("sync", "--as-of", "2026-11-20", "--reconcile")
+        out = invoke("sync", "--as-of", "2026-11-20", "--reconcile", code=1)  # differences exit non-zero
         assert "1 difference(s)" in out and "Churnflow_Health_Band__c: 'Green' → 'Red'" in out
         assert "no failed records" in invoke("sync", "--as-of", "2026-11-20", "--retry-failed")
     result = runner.invoke(app, ["sync", "--as-of", "2026-11-20", "--dry-run", "--reconcile"])

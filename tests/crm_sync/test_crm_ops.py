@@ -17,7 +17,7 @@ from crm_sync.ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.ops import Difference, estimate_api_calls, reconcile, retry_failed
 from crm_sync.push import RetryPolicy
-from crm_sync.sync import sync_crm
+from crm_sync.sync import CrmSyncFailed, sync_crm
 
 from .test_crm_ledger_sync import _warehouse
 
@@ -69,7 +69,9 @@ def test_retry_failed_resends_exactly_the_failed_bulk_rows(engine: sa.Engine, se
         assert server is not None
         # every bulk job fails its first 3 rows: they still fail after the push's own retry rounds
         server.faults.add("bulk_row_failures", endpoint="bulk2", rows=3, count=100)
-        first = sync_crm(engine, settings, AS_OF, retry=FAST, bulk_threshold=5, poll_interval=0.02)
+        with pytest.raises(CrmSyncFailed, match="3 record\\(s\\) rejected") as rejected:  # loud: the run fails
+            sync_crm(engine, settings, AS_OF, retry=FAST, bulk_threshold=5, poll_interval=0.02)
+        first = rejected.value.summary
         assert first.accounts is not None and (first.accounts.mode, first.accounts.failed, first.accounts.updated) == ("bulk", 3, 5)
         ledger = Ledger(engine, create=False)
         failed = {k for k, e in ledger.entries("account_health").items() if e.status == "failed"}
@@ -94,8 +96,11 @@ def test_retry_failed_resends_failed_composite_tasks(engine: sa.Engine, settings
         conn.execute(sa.text("UPDATE outreach_tasks SET crm_account_id = :g WHERE task_key = 'A5:save:2026-11-20'"), {"g": ghost})
     with local_crm(settings) as server:
         assert server is not None
-        first = sync_crm(engine, settings, AS_OF, retry=FAST)
+        with pytest.raises(CrmSyncFailed, match="INVALID_CROSS_REFERENCE_KEY") as rejected:
+            sync_crm(engine, settings, AS_OF, retry=FAST)
+        first = rejected.value.summary
         assert first.tasks is not None and (first.tasks.created, first.tasks.failed) == (2, 1)
+        assert any(line.startswith("task A5:save:2026-11-20: rejected") for line in first.skipped_lines())
         assert first.tasks.errors[0].code == "INVALID_CROSS_REFERENCE_KEY"
         ledger = Ledger(engine, create=False)
         assert {k for k, e in ledger.entries("tasks").items() if e.status == "failed"} == {"A5:save:2026-11-20"}
@@ -116,7 +121,7 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
     dry = sync_crm(engine, settings, AS_OF, dry_run=True)
     assert dry.planned == {"accounts": 8, "tasks": 3}
     assert dry.api_estimate["account_writes"] == 1 and dry.api_estimate["task_writes"] == 1
-    assert len([c for c in dry.changes if c.sobject == "Account"]) == 8 * 7
+    assert len([c for c in dry.changes if c.sobject == "Account"]) == 8 * 8
     assert all(not c.old_known for c in dry.changes if c.sobject == "Account")
     assert "API calls" in dry.describe()
     with local_crm(settings):
@@ -133,9 +138,10 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
     tables = set(sa.inspect(engine).get_table_names())
     dry2 = sync_crm(engine, settings, nxt, dry_run=True)
     assert dry2.planned == {"accounts": 1, "tasks": 0}
-    [change] = dry2.changes
+    change, as_of_change = sorted(dry2.changes, key=lambda c: c.field != "Churnflow_Health_Score__c")
     assert (change.record, change.field, change.old_known, change.old, change.new) == (
         accounts["crm_account_id"][2], "Churnflow_Health_Score__c", True, 80.0, 55.0)
+    assert (as_of_change.field, as_of_change.old, as_of_change.new) == ("Churnflow_Score_As_Of__c", "2026-11-20", "2026-11-21")
     assert "80 → 55" in change.describe()
     assert dry2.api_estimate == {"login": 1, "account_writes": 1, "total": 2}
     assert set(sa.inspect(engine).get_table_names()) == tables
