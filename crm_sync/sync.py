@@ -123,7 +123,8 @@ def _user_record(email: str) -> dict[str, Any]:
             "LastName": (parts[-1] if parts else local).title(), "IsActive": True}
 
 
-def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesforce | None, extra_emails: list[str]) -> int:
+def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesforce | None, extra_emails: list[str],
+                         match_field: str = "Id") -> int:
     """Make the local org hold every warehouse account (by its crm_account_id) and owner user.
 
     Idempotent: existing records are left untouched. Goes through the server object when
@@ -141,6 +142,9 @@ def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesfo
         return list(response.json()["ids"])
 
     user_ids = dict(zip(emails, seed("User", [_user_record(e) for e in emails]), strict=True)) if emails else {}
+    if match_field.lower() != "id":  # crm ids are another field's values, not Ids: the org must hold the accounts already
+        log.info("accounts are matched by %s: only owners are mirrored into the local CRM", match_field)
+        return 0
     records = [
         {"Id": r.crm_account_id, "Name": str(r.name)[:255],
          **({"OwnerId": user_ids[r.owner_email.lower()]} if isinstance(r.owner_email, str) and r.owner_email.lower() in user_ids else {})}
@@ -206,7 +210,7 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
         if local:
             emails = [e for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()]
             try:
-                mirror_book_to_local(engine, sf, server, emails)
+                mirror_book_to_local(engine, sf, server, emails, settings.sf_account_match_field)
             except (requests.RequestException, ValueError) as exc:
                 log.warning("could not mirror warehouse accounts into the local CRM: %s", exc)
         push_health_and_tasks(engine, sf, settings, health, tasks, summary, ledger=ledger, retry=retry,
