@@ -359,16 +359,17 @@ def bench_features_cmd(
 
 @bench_app.command("crm")
 def bench_crm_cmd(
-    accounts: Annotated[int, typer.Option(help="Changed accounts to push (Accounts are seeded first, not counted).")] = 100000,
-    tasks: Annotated[int, typer.Option(help="New tasks to push.")] = 10000,
+    accounts: Annotated[int, typer.Option(help="Accounts to push (Accounts are seeded first, not counted).")] = 100000,
+    tasks: Annotated[int, typer.Option(help="New tasks on day 1 (day 2 adds 5% more).")] = 10000,
 ) -> None:
-    """Push accounts and tasks to a fresh local CRM twice: API calls (total, by endpoint) and wall seconds."""
+    """Day 1, the same day again, day 2 with score drift, to a fresh local CRM: API calls, record writes, seconds."""
     from crm_sync.bench import bench_crm
 
     settings = _settings()
     workdir = settings.home_dir / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    console.print_json(json.dumps(bench_crm(accounts, tasks, workdir=workdir)))
+    console.print_json(json.dumps(bench_crm(accounts, tasks, workdir=workdir, min_change=settings.crm_min_health_change,
+                                           min_trend=settings.crm_min_trend_change)))
 
 
 @app.command("crm-pull")

@@ -19,9 +19,10 @@ from xml.sax.saxutils import escape
 
 FieldType = Literal["Number", "Percent", "Text", "LongTextArea", "Picklist", "DateTime", "Date", "Currency"]
 #: How a field takes part in deciding whether an account changed (see :func:`material_change`):
-#: ``exact`` any difference, ``points`` a move of at least ``crm_min_health_change`` points,
-#: ``never`` the field rides along when the account is sent but never causes a send.
-ChangeRule = Literal["exact", "points", "never"]
+#: ``exact`` any difference, ``points`` a move of at least ``crm_min_health_change`` health
+#: points, ``trend`` a move of at least ``crm_min_trend_change`` points, ``never`` the field
+#: rides along when the account is sent but never causes a send.
+ChangeRule = Literal["exact", "points", "trend", "never"]
 
 #: Salesforce's own limit for a Long Text Area field.
 LONG_TEXT_MAX = 131072
@@ -150,7 +151,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "Account", "Churnflow_Health_Score__c", "Churnflow Health Score", "Number",
         "Customer health score 0-100 (100 = healthiest), written by churnflow.",
-        source="health_score", precision=3, scale=0, change="points",
+        # Never a trigger itself: it is the rounded form of the churn risk, which is compared
+        # unrounded (a 0.1 move across x.5 would otherwise count as a point).
+        source="health_score", precision=3, scale=0, change="never",
     ),
     FieldSpec(
         "Account", "Churnflow_Health_Band__c", "Churnflow Health Band", "Picklist",
@@ -160,12 +163,13 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "Account", "Churnflow_Churn_Risk__c", "Churnflow Churn Risk", "Percent",
         "Predicted probability of churn within the horizon, in percent.",
-        source="p_churn", precision=5, scale=2, convert=_percent, change="never",
+        # Risk percentage points are health points (health = 100 - risk %), without rounding noise.
+        source="p_churn", precision=5, scale=2, convert=_percent, change="points",
     ),
     FieldSpec(
         "Account", "Churnflow_Health_Trend__c", "Churnflow Health Trend (30d)", "Number",
         "Change of the health score over the last 30 days; empty when there is no history.",
-        source="health_change_30d", precision=4, scale=1, change="points",
+        source="health_change_30d", precision=4, scale=1, change="trend",
     ),
     FieldSpec(
         "Account", "Churnflow_Top_Drivers__c", "Churnflow Top Risk Drivers", "LongTextArea",
@@ -222,13 +226,15 @@ def change_state(row: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def material_change(sent: dict[str, Any] | None, new: dict[str, Any], min_points: float = 1.0) -> list[str]:
+def material_change(sent: dict[str, Any] | None, new: dict[str, Any], min_points: float = 1.0, min_trend: float = 3.0) -> list[str]:
     """Names of the fields whose change makes an account worth writing again (empty: unchanged).
 
     The one rule of what "changed" means, so a daily re-score that only moved the score's
-    date, its run time or its probability by less than ``min_points`` health points costs
-    no API call and fires none of the org's triggers or field history. ``sent`` is the
-    state last confirmed in the CRM (None: never sent, everything is a change).
+    date, its run time, its health by less than ``min_points`` points (measured on the
+    unrounded churn risk) or its 30-day trend by less than ``min_trend`` points costs no API
+    call and fires none of the org's triggers or field history. Band, drivers text and
+    ARR: any change. A value appearing or disappearing is a change. ``sent`` is the state
+    last confirmed in the CRM (None: never sent, everything is a change).
     """
     rules = {spec.api_name: spec.change for spec in fields_for("Account")}
     if sent is None:
@@ -238,8 +244,9 @@ def material_change(sent: dict[str, Any] | None, new: dict[str, Any], min_points
         if rules.get(name) == "never":
             continue
         old = sent.get(name)
-        if rules.get(name) == "points" and old is not None and value is not None:
-            if abs(float(value) - float(old)) >= min_points - 1e-9:
+        rule = rules.get(name)
+        if rule in ("points", "trend") and old is not None and value is not None:
+            if abs(float(value) - float(old)) >= (min_points if rule == "points" else min_trend) - 1e-9:
                 changed.append(name)
         elif old != value:
             changed.append(name)

@@ -137,7 +137,7 @@ def intended_tasks(engine: sa.Engine) -> pd.DataFrame:
 
 def reconcile_with(sf: Salesforce, health: pd.DataFrame, tasks: pd.DataFrame, *,
                    retry: RetryPolicy | None = None, ledger: Ledger | None = None, match_field: str = "Id",
-                   min_change: float = 1.0) -> list[Difference]:
+                   min_change: float = 1.0, min_trend: float = 3.0) -> list[Difference]:
     """Compare the CRM with what churnflow intended; read-only.
 
     An account is expected to hold the day's values, or, when the push rightly did not
@@ -155,7 +155,7 @@ def reconcile_with(sf: Salesforce, health: pd.DataFrame, tasks: pd.DataFrame, *,
     expected: dict[str, dict[str, Any]] = {}
     for key, row in rows.items():
         entry = entries.get(key)
-        confirmed = entry is not None and entry.sent_state is not None and (is_older(entry, row) or is_unchanged(entry, row, min_change))
+        confirmed = entry is not None and entry.sent_state is not None and (is_older(entry, row) or is_unchanged(entry, row, min_change, min_trend))
         state = entry.sent_state if confirmed and entry is not None and entry.sent_state is not None else row.payload
         expected[key] = {f: state.get(f) for f in row.payload}
     ids = resolver.resolve(list(expected), None)
@@ -227,7 +227,7 @@ def reconcile(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryPoli
     with local_crm(settings) if local else nullcontext():
         sf = connect(settings, retry=retry)
         return reconcile_with(sf, health, tasks, retry=retry, ledger=ledger, match_field=settings.sf_account_match_field,
-                              min_change=settings.crm_min_health_change)
+                              min_change=settings.crm_min_health_change, min_trend=settings.crm_min_trend_change)
 
 
 # --------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ class PlannedChange:
 
 
 def plan_changes(engine: sa.Engine, as_of: date, health: pd.DataFrame, tasks: pd.DataFrame,
-                 ledger: Ledger | None, min_change: float = 1.0) -> tuple[list[PlannedChange], int, int]:
+                 ledger: Ledger | None, min_change: float = 1.0, min_trend: float = 3.0) -> tuple[list[PlannedChange], int, int]:
     """(changes, accounts that would be sent, tasks that would be sent); reads the warehouse only.
 
     The same rule as the push (:func:`crm_sync.push.is_unchanged`, :func:`crm_sync.push.is_older`);
@@ -329,7 +329,7 @@ def plan_changes(engine: sa.Engine, as_of: date, health: pd.DataFrame, tasks: pd
     n_accounts = 0
     for key, row in rows.items():
         entry = entries.get(key)
-        if is_older(entry, row) or is_unchanged(entry, row, min_change):
+        if is_older(entry, row) or is_unchanged(entry, row, min_change, min_trend):
             continue
         n_accounts += 1
         old = entry.sent_state if entry is not None else None

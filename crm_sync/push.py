@@ -567,13 +567,13 @@ def account_health_updates(frame: pd.DataFrame, summary: PushSummary) -> dict[st
     return {key: row.payload for key, row in account_health_rows(frame, summary).items()}
 
 
-def is_unchanged(entry: LedgerEntry | None, row: HealthRow, min_change: float) -> bool:
+def is_unchanged(entry: LedgerEntry | None, row: HealthRow, min_change: float, min_trend: float = 3.0) -> bool:
     """Does the CRM already hold this account's health, as far as a CSM can tell? (Confirmed by
     the ledger; the rule itself is :func:`crm_sync.fields.material_change`.)"""
     if entry is None or entry.status != "sent" or not entry.crm_id:
         return False
     if entry.sent_state is not None:
-        return not material_change(entry.sent_state, row.state, min_change)
+        return not material_change(entry.sent_state, row.state, min_change, min_trend)
     return entry.sent_hash == payload_hash(row.payload)  # a ledger row from before change states
 
 
@@ -643,7 +643,7 @@ class AccountResolver:
 def push_account_health(sf: Salesforce, frame: pd.DataFrame, *, match_field: str = "Id",
                         bulk_threshold: int = BULK_THRESHOLD, retry: RetryPolicy | None = None,
                         poll_interval: float = 0.25, ledger: Ledger | None = None,
-                        resolver: AccountResolver | None = None, min_change: float = 1.0) -> PushSummary:
+                        resolver: AccountResolver | None = None, min_change: float = 1.0, min_trend: float = 3.0) -> PushSummary:
     """Write churnflow's health fields onto the Accounts in ``frame`` (matched by ``crm_account_id``).
 
     ``match_field`` is the Account field ``crm_account_id`` holds: ``Id`` or an external
@@ -654,8 +654,8 @@ def push_account_health(sf: Salesforce, frame: pd.DataFrame, *, match_field: str
     The CRM only moves forward: an account whose ledger (or, when the ledger does not know
     it, whose CRM record) holds a score as of a later day is skipped as "older score". With
     a ``ledger``, an account whose values did not change materially since the last
-    confirmed write (:func:`crm_sync.fields.material_change`, ``min_change`` health
-    points) costs no call; intents and outcomes are recorded (see :mod:`crm_sync.ledger`).
+    confirmed write (:func:`crm_sync.fields.material_change` with ``min_change`` health
+    points and ``min_trend`` trend points) costs no call; intents and outcomes are recorded (see :mod:`crm_sync.ledger`).
     """
     policy = retry or DEFAULT_RETRY
     summary = PushSummary(kind="account_health")
@@ -669,7 +669,7 @@ def push_account_health(sf: Salesforce, frame: pd.DataFrame, *, match_field: str
                 summary.skip(key, "older score", f"score as of {row.as_of}; churnflow already wrote or confirmed the score as of {entry.seen_as_of}",  # type: ignore[union-attr]
                              row.account)
                 del rows[key]
-            elif is_unchanged(entry, row, min_change):
+            elif is_unchanged(entry, row, min_change, min_trend):
                 summary.unchanged += 1
                 summary.ids[key] = entry.crm_id or ""  # type: ignore[union-attr]
                 if row.as_of is not None:

@@ -166,7 +166,8 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
     if len(health):
         summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
                                                retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval,
-                                               resolver=resolver, min_change=settings.crm_min_health_change)
+                                               resolver=resolver, min_change=settings.crm_min_health_change,
+                                               min_trend=settings.crm_min_trend_change)
     if len(tasks):
         summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
                                    poll_interval=poll_interval, resolver=resolver,
@@ -197,7 +198,8 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
         from crm_sync.ops import estimate_api_calls, plan_changes
 
         ledger = Ledger.existing(engine) if use_ledger else None
-        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger, settings.crm_min_health_change)
+        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger, settings.crm_min_health_change,
+                                                                  settings.crm_min_trend_change)
         summary.planned["accounts"] = n_accounts
         emails = {str(e).strip().lower() for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()}
         summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold)

@@ -58,7 +58,10 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bench_crm_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
     out = json.loads(invoke("bench", "crm", "--accounts", "300", "--tasks", "30"))
-    first, second = out["first_push"], out["second_push"]
+    first, second, nxt = out["first_push"], out["same_day_again"], out["next_day"]
     assert first["accounts"]["updated"] == 300 and first["tasks"]["created"] == 30
     assert first["api_calls_total"] == sum(first["api_calls_by_endpoint"].values()) > 0
-    assert second["data_calls"] == 0 and second["accounts"]["unchanged"] == 300
+    assert second["data_calls"] == 0 and second["record_writes"] == 0 and second["accounts"]["unchanged"] == 300
+    # the next day only what changed is written: less than every account, more than none (the scores drift)
+    assert 0 < nxt["accounts"]["updated"] < 300 and nxt["accounts"]["updated"] + nxt["accounts"]["unchanged"] == 300
+    assert nxt["tasks"]["created"] == 1 and nxt["record_writes"] == nxt["accounts"]["updated"] + 1

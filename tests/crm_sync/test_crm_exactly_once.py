@@ -261,7 +261,8 @@ def test_unchanged_accounts_cost_no_call_and_no_record_update(server: LocalSales
     assert {rid: server.get_record("Account", rid)["LastModifiedDate"] for rid in ids} == stamps  # no trigger, no field history
     assert {e.seen_as_of for e in ledger.entries("account_health").values()} == {date(2026, 11, 21)}
     moved = day2.copy()
-    moved.loc[1, "health_score"] += 1  # one point: a change
+    moved.loc[1, "p_churn"] -= 0.012  # 1.2 - 0.2 drift = one health point (one risk percentage point): a change
+    moved.loc[1, "health_score"] += 1
     moved.loc[2, "top_drivers_text"] = "Tickets up"
     moved.loc[3, "band"] = "green" if moved.loc[3, "band"] != "green" else "red"
     assert push_account_health(sf, moved, retry=FAST, ledger=ledger, min_change=2).sent == 2  # 1 point is below 2

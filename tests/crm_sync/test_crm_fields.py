@@ -106,11 +106,14 @@ def test_as_of_date_field_and_the_change_rule() -> None:
     next_day = {**row, "as_of_date": pd.Timestamp("2026-11-21"), "scored_at": pd.Timestamp("2026-11-21 06:00"),
                 "p_churn": 0.294, "arr_at_risk": 2940.0, "health_score": 71}
     assert material_change(sent, change_state(next_day)) == []  # date, run time, probability noise: no change
-    assert material_change(sent, change_state({**next_day, "health_score": 70})) == ["Churnflow_Health_Score__c"]
-    assert material_change(sent, change_state({**next_day, "health_score": 70}), min_points=2) == []
+    assert material_change(sent, change_state({**next_day, "health_score": 70, "p_churn": 0.296})) == []  # rounding flip: noise
+    assert material_change(sent, change_state({**next_day, "health_score": 70, "p_churn": 0.30})) == ["Churnflow_Churn_Risk__c"]
+    assert material_change(sent, change_state({**next_day, "p_churn": 0.30}), min_points=2) == []
+    assert material_change(sent, change_state({**next_day, "health_change_30d": -5.0})) == []  # 2 trend points < 3
+    assert material_change(sent, change_state({**next_day, "health_change_30d": -6.0})) == ["Churnflow_Health_Trend__c"]
     assert material_change(sent, change_state({**next_day, "band": "red"})) == ["Churnflow_Health_Band__c"]
     assert material_change(sent, change_state({**next_day, "top_drivers_text": "Tickets up"})) == ["Churnflow_Top_Drivers__c"]
     assert material_change(sent, change_state({**next_day, "health_change_30d": math.nan})) == ["Churnflow_Health_Trend__c"]
     assert material_change(sent, change_state({**next_day, "arr": 12000.0})) == ["arr"]
-    assert material_change(None, sent) == sorted({"Churnflow_Health_Score__c", "Churnflow_Health_Band__c", "Churnflow_Health_Trend__c",
+    assert material_change(None, sent) == sorted({"Churnflow_Churn_Risk__c", "Churnflow_Health_Band__c", "Churnflow_Health_Trend__c",
                                                    "Churnflow_Top_Drivers__c", "arr"})

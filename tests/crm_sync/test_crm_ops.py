@@ -133,15 +133,18 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
         conn.execute(sa.text("UPDATE account_scores SET as_of_date = :n WHERE as_of_date = :d AND rowid IN "
                              "(SELECT rowid FROM account_scores WHERE as_of_date = :d LIMIT 8)"),
                      {"n": pd.Timestamp(nxt).to_pydatetime(), "d": pd.Timestamp(AS_OF).to_pydatetime()})
-        conn.execute(sa.text("UPDATE account_scores SET health_score = 55 WHERE as_of_date = :n AND account_id = 'A2'"),
+        conn.execute(sa.text("UPDATE account_scores SET health_score = 55, p_churn = 0.45 WHERE as_of_date = :n AND account_id = 'A2'"),
                      {"n": pd.Timestamp(nxt).to_pydatetime()})
     tables = set(sa.inspect(engine).get_table_names())
     dry2 = sync_crm(engine, settings, nxt, dry_run=True)
     assert dry2.planned == {"accounts": 1, "tasks": 0}
-    change, as_of_change = sorted(dry2.changes, key=lambda c: c.field != "Churnflow_Health_Score__c")
+    by_field = {c.field: c for c in dry2.changes}
+    assert set(by_field) == {"Churnflow_Health_Score__c", "Churnflow_Churn_Risk__c", "Churnflow_Score_As_Of__c"}
+    change = by_field["Churnflow_Health_Score__c"]
     assert (change.record, change.field, change.old_known, change.old, change.new) == (
         accounts["crm_account_id"][2], "Churnflow_Health_Score__c", True, 80.0, 55.0)
-    assert (as_of_change.field, as_of_change.old, as_of_change.new) == ("Churnflow_Score_As_Of__c", "2026-11-20", "2026-11-21")
+    assert (by_field["Churnflow_Churn_Risk__c"].old, by_field["Churnflow_Churn_Risk__c"].new) == (20.0, 45.0)
+    assert (by_field["Churnflow_Score_As_Of__c"].old, by_field["Churnflow_Score_As_Of__c"].new) == ("2026-11-20", "2026-11-21")
     assert "80 → 55" in change.describe()
     assert dry2.api_estimate == {"login": 1, "account_writes": 1, "total": 2}
     assert set(sa.inspect(engine).get_table_names()) == tables
