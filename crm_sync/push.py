@@ -898,8 +898,11 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
             try:
                 if len(key) > key_len:
                     raise ValueError(f"task_key longer than {key_len} characters")
-                if is_missing(row.get("crm_account_id")):
-                    raise ValueError("no crm_account_id: the task has no Account to attach to")
+                if is_missing(row.get("crm_account_id")) or not str(row["crm_account_id"]).strip():
+                    # Like its account's health: not a rejection, named in the summary every run.
+                    summary.skip(key, "no crm id", "the task's account has no crm_account_id: no Account to attach it to",
+                                 None if is_missing(row.get("account_id")) else str(row.get("account_id")))
+                    continue
                 priority = "Normal" if is_missing(row.get("priority")) else str(row["priority"])
                 status = "Not Started" if is_missing(row.get("status")) else str(row["status"])
                 if priority not in TASK_PRIORITIES:

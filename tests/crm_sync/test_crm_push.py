@@ -181,7 +181,8 @@ def test_push_tasks_reports_unusable_rows(server: LocalSalesforce, sf: Salesforc
     frame.loc[4, "owner_email"] = None  # no owner: assigned to the integration user
     summary = push_tasks(sf, frame, retry=retry)
     assert {e.key: e.code for e in summary.errors} == {
-        frame.task_key[1]: "OWNER_NOT_FOUND", frame.task_key[2]: "INVALID_INPUT", frame.task_key[3]: "INVALID_INPUT"}
+        frame.task_key[1]: "OWNER_NOT_FOUND", frame.task_key[2]: "INVALID_INPUT"}
+    assert [(s.key, s.reason) for s in summary.skips] == [(frame.task_key[3], "no crm id")]  # skipped and named, not rejected
     stored = server_tasks(server, uid)
     assert set(stored) == {frame.task_key[0], frame.task_key[4]}
     assert stored[frame.task_key[4]]["OwnerId"] == server.integration_user_id
