@@ -299,8 +299,17 @@ def daily_cmd(
     """Run the daily Prefect flow (features, score, outreach, CRM sync) once."""
     from flows.pipeline import daily_flow
 
+    from crm_sync.sync import CrmSyncFailed
+
     _quiet_library_logs()
-    console.print_json(json.dumps(daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run), default=str))
+    try:
+        result = daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run)
+    except CrmSyncFailed as failed:  # scores and tasks are stored; the CRM rejected records: say which, exit 1
+        for line in failed.summary.skipped_lines():
+            console.print(line, markup=False)
+        console.print(str(failed), markup=False)
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(result, default=str))
 
 
 @app.command("demo")

@@ -1695,7 +1695,7 @@ class LocalSalesforce:
                 f"<td>{fmt(acc.get('Churnflow_Health_Trend__c'))}</td>"
                 f"<td>{fmt(acc.get('Churnflow_ARR_At_Risk__c'))}</td>"
                 f"<td class=drivers>{esc(acc.get('Churnflow_Top_Drivers__c') or '')}</td>"
-                f"<td>{esc(acc.get('Churnflow_Scored_At__c') or '')}</td>"
+                f"<td>{esc(acc.get('Churnflow_Score_As_Of__c') or '')}<div class=muted>run {esc(acc.get('Churnflow_Scored_At__c') or '-')}</div></td>"
                 f"<td><ul>{open_tasks}</ul></td>"
                 "</tr>")
         return (
@@ -1707,7 +1707,7 @@ class LocalSalesforce:
             f"<h1>Account health</h1><p class=muted>{len(accounts)} accounts &middot; {band_counts} &middot; "
             f"{sum(len(v) for v in tasks.values())} open tasks &middot; read-only view of the local Salesforce-compatible CRM</p>"
             "<table><thead><tr><th>Account</th><th>Owner</th><th>Health</th><th>Band</th><th>Churn risk</th>"
-            "<th>Trend 30d</th><th>ARR at risk</th><th>Top drivers</th><th>Scored at</th><th>Open tasks</th></tr></thead>"
+            "<th>Trend 30d</th><th>ARR at risk</th><th>Top drivers</th><th>Score as of</th><th>Open tasks</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></body></html>"
         )
 
