@@ -218,7 +218,8 @@ def outreach_cmd(as_of: AsOf = None) -> None:
 
 
 @app.command("sync")
-def sync_cmd(
+def sync_cmd(  # noqa: C901 - one flag, one branch
+
     as_of: AsOf = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send only the records the ledger holds as failed.")] = False,
@@ -226,6 +227,22 @@ def sync_cmd(
     repair: Annotated[bool, typer.Option("--repair", help="Close extra Tasks that share a churnflow key (Status Completed + a note), keep one.")] = False,
 ) -> None:
     """Push account health fields and pending tasks to the CRM. Exits 1 when records were rejected."""
+    try:
+        _sync(as_of, dry_run, retry_failed, reconcile, repair)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        from requests import RequestException
+        from simple_salesforce.exceptions import SalesforceError
+
+        if not isinstance(exc, (SalesforceError, RequestException)):
+            raise
+        # The CRM refused or was unreachable after the retries: one clear line, no traceback.
+        console.print(f"CRM request failed: {type(exc).__name__}: {str(exc)[:500]}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: bool, repair: bool) -> None:
     from crm_sync.sync import CrmSyncFailed, sync_crm
 
     if sum((dry_run, retry_failed, reconcile, repair)) > 1:

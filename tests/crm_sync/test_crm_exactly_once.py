@@ -318,3 +318,22 @@ def test_the_prefect_task_does_not_retry_rejections() -> None:
     rejected = CrmSyncFailed(SyncSummary(as_of=D2, dry_run=False))
     assert retry_crm_unless_rejected(None, None, Failed(data=rejected)) is False
     assert retry_crm_unless_rejected(None, None, Failed(data=ConnectionError("reset"))) is True
+
+
+def test_a_refused_login_is_one_clear_line_not_a_traceback(server: LocalSalesforce, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from churnflow.cli import app
+
+    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.cert_path))
+    for name, value in {"CRM": "salesforce", "SF_DOMAIN": server.domain, "SF_USERNAME": server.username,
+                        "SF_PASSWORD": "wrong-password-123"}.items():
+        monkeypatch.setenv(f"CHURNFLOW_{name}", value)
+    (tmp_path / "home").mkdir()
+    engine = get_engine(f"duckdb:///{tmp_path / 'home' / 'warehouse.duckdb'}")
+    _warehouse(engine, D2)
+    engine.dispose()
+    logins = server.api_calls["login"]
+    result = CliRunner().invoke(app, ["sync", "--as-of", "2026-11-20"], catch_exceptions=False)
+    assert result.exit_code == 1 and "CRM request failed: SalesforceAuthenticationFailed" in result.output and "INVALID_LOGIN" in result.output
+    assert "Traceback" not in result.output and "wrong-password-123" not in result.output
+    assert server.api_calls["login"] == logins + 1  # a real rejection is not retried
