@@ -346,9 +346,14 @@ def plan_changes(engine: sa.Engine, as_of: date, health: pd.DataFrame, tasks: pd
 
 
 def estimate_api_calls(n_accounts: int, n_tasks: int, n_owner_emails: int = 0, *,
-                       bulk_threshold: int = BULK_THRESHOLD) -> dict[str, int]:
-    """API calls a push of this size would take (login, lookups, writes), by step."""
+                       bulk_threshold: int = BULK_THRESHOLD, n_unverified: int = 0) -> dict[str, int]:
+    """API calls a push of this size would take (login, lookups, writes), by step.
+
+    ``n_unverified``: accounts the ledger has never confirmed; the push reads their score
+    as-of date from the CRM first (forward-only), one query per batch."""
     est: dict[str, int] = {"login": 1 if (n_accounts or n_tasks) else 0}
+    if n_unverified:
+        est["as_of_checks"] = math.ceil(n_unverified / LOOKUP_BATCH)
     if n_accounts:
         est["account_writes"] = BULK_JOB_CALLS if n_accounts >= bulk_threshold else math.ceil(n_accounts / COMPOSITE_BATCH)
     if n_tasks:

@@ -202,7 +202,9 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
                                                                   settings.crm_min_trend_change)
         summary.planned["accounts"] = n_accounts
         emails = {str(e).strip().lower() for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()}
-        summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold)
+        unverified = len({c.record for c in summary.changes if c.sobject == "Account" and not c.old_known})
+        summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold,
+                                                  n_unverified=unverified)
         log.info("%s", summary.describe())
         return summary
     ledger = Ledger(engine) if use_ledger else None

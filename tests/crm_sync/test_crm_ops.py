@@ -121,6 +121,7 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
     dry = sync_crm(engine, settings, AS_OF, dry_run=True)
     assert dry.planned == {"accounts": 8, "tasks": 3}
     assert dry.api_estimate["account_writes"] == 1 and dry.api_estimate["task_writes"] == 1
+    assert dry.api_estimate["as_of_checks"] == 1  # accounts never confirmed: their CRM as-of dates are read first
     assert len([c for c in dry.changes if c.sobject == "Account"]) == 8 * 8
     assert all(not c.old_known for c in dry.changes if c.sobject == "Account")
     assert "API calls" in dry.describe()
@@ -154,3 +155,4 @@ def test_estimate_api_calls() -> None:
     assert estimate_api_calls(450, 0)["account_writes"] == 3
     assert estimate_api_calls(100_000, 10_000, 40)["total"] == 1 + 7 + 1 + 20 + 7 + 1
     assert estimate_api_calls(0, 0) == {"login": 0, "total": 0}
+    assert estimate_api_calls(10_000, 0, n_unverified=10_000)["as_of_checks"] == 20
