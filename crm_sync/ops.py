@@ -137,13 +137,16 @@ def intended_tasks(engine: sa.Engine) -> pd.DataFrame:
 
 def reconcile_with(sf: Salesforce, health: pd.DataFrame, tasks: pd.DataFrame, *,
                    retry: RetryPolicy | None = None, ledger: Ledger | None = None, match_field: str = "Id",
-                   min_change: float = 1.0, min_trend: float = 3.0) -> list[Difference]:
+                   min_change: float = 1.0, min_trend: float = 3.0, extra_tasks: bool = False) -> list[Difference]:
     """Compare the CRM with what churnflow intended; read-only.
 
     An account is expected to hold the day's values, or, when the push rightly did not
     send them (unchanged by the change rule, or older than what the CRM holds), the values
     the ledger last confirmed. Each task key must exist exactly once: extra open records
     with the same key are reported as ``(duplicate)`` differences (``sync --repair`` closes them).
+    With ``extra_tasks``, open Tasks carrying a churnflow key churnflow never intended (another
+    warehouse's, or a held-out task's) are reported as ``(extra)``: one paginated query over the
+    org's open churnflow tasks.
     """
     from crm_sync.push import _task_text, _due, TASK_TEXT_FIELDS  # the same conversions the push uses
 
@@ -207,6 +210,12 @@ def reconcile_with(sf: Salesforce, health: pd.DataFrame, tasks: pd.DataFrame, *,
             for f in TASK_SYNCED_FIELDS:
                 if not _same(want[f], rec.get(f)):
                     out.append(Difference("Task", key, f, want[f], rec.get(f)))
+    if extra_tasks:
+        intended = {str(k) for k in tasks["task_key"]} if len(tasks) else set()
+        for rec in query_all(sf, "SELECT Id, Churnflow_Key__c FROM Task WHERE Churnflow_Key__c != null AND IsClosed = false "
+                             "ORDER BY CreatedDate", policy):
+            if rec["Churnflow_Key__c"] not in intended:
+                out.append(Difference("Task", rec["Churnflow_Key__c"], "(extra)", None, f"open Task {rec['Id']} churnflow did not intend"))
     return out
 
 
@@ -227,7 +236,8 @@ def reconcile(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryPoli
     with local_crm(settings) if local else nullcontext():
         sf = connect(settings, retry=retry)
         return reconcile_with(sf, health, tasks, retry=retry, ledger=ledger, match_field=settings.sf_account_match_field,
-                              min_change=settings.crm_min_health_change, min_trend=settings.crm_min_trend_change)
+                              min_change=settings.crm_min_health_change, min_trend=settings.crm_min_trend_change,
+                              extra_tasks=True)
 
 
 # --------------------------------------------------------------------------------------

@@ -127,6 +127,10 @@ def test_reconcile_reports_duplicate_tasks_and_repair_closes_the_extras(tmp_path
         assert set(ledger.entries("task_repairs")) == set(extra_ids)
         assert reconcile(engine, settings, D2) == []
         assert repair_duplicates(engine, settings, retry=FAST).keys_with_duplicates == 0
+        # an open churnflow task nobody intended (another warehouse's) is an extra record
+        stray = server.seed("Task", [{**dupes[0], "Churnflow_Key__c": "Z9:save:2026-11-20"}])[0]
+        assert [d.describe() for d in reconcile(engine, settings, D2)] == [
+            f"Task Z9:save:2026-11-20 (extra): None → 'open Task {stray} churnflow did not intend'"]
         stored = read_sql(engine, "SELECT task_key, crm_task_id FROM outreach_tasks WHERE crm_task_id IS NOT NULL")
         assert dict(zip(stored["task_key"], stored["crm_task_id"], strict=True)) == {k: t["Id"] for k, t in original.items()}
 
