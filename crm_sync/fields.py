@@ -335,11 +335,13 @@ def permission_set_xml(specs: Iterable[FieldSpec] = FIELDS) -> str:
         '<PermissionSet xmlns="http://soap.sforce.com/2006/04/metadata">',
         "    <description>What the churnflow integration user needs: its fields, Accounts (view all) and Tasks.</description>",
     ]
-    for spec in sorted(specs, key=lambda s: (SFDX_OBJECT.get(s.sobject, s.sobject), s.api_name)):
+    # Field permissions name the object the field is used on (Task.X, not Activity.X, although
+    # the field's source lives under objects/Activity); Salesforce mirrors Event itself.
+    for spec in sorted(specs, key=lambda s: (s.sobject, s.api_name)):
         lines += [
             "    <fieldPermissions>",
             "        <editable>true</editable>",
-            f"        <field>{SFDX_OBJECT.get(spec.sobject, spec.sobject)}.{escape(spec.api_name)}</field>",
+            f"        <field>{spec.sobject}.{escape(spec.api_name)}</field>",
             "        <readable>true</readable>",
             "    </fieldPermissions>",
         ]

@@ -80,9 +80,10 @@ def test_sfdx_project_is_a_deployable_admin_kit(tmp_path: Path) -> None:
     granted = {fp.findtext("md:field", namespaces=ns): (fp.findtext("md:readable", namespaces=ns), fp.findtext("md:editable", namespaces=ns))
                for fp in perm.findall("md:fieldPermissions", ns)}
     on_disk = {f"{p.parent.parent.name}.{p.name.removesuffix('.field-meta.xml')}" for p in written if p.name.endswith(".field-meta.xml")}
-    assert set(granted) == on_disk and len(on_disk) == len(FIELDS)  # every deployed field, nothing else
+    deployed_as = {name.replace("Task.", "Activity.", 1) for name in granted}  # Task fields' source lives on Activity
+    assert deployed_as == on_disk and len(on_disk) == len(FIELDS)  # every deployed field, nothing else
     assert set(granted.values()) == {("true", "true")}
-    assert "Account.Churnflow_Score_As_Of__c" in granted and "Activity.Churnflow_Key__c" in granted
+    assert "Account.Churnflow_Score_As_Of__c" in granted and "Task.Churnflow_Key__c" in granted
     account = perm.find("md:objectPermissions", ns)
     assert account is not None and account.findtext("md:viewAllRecords", namespaces=ns) == "true"
     assert {u.findtext("md:name", namespaces=ns) for u in perm.findall("md:userPermissions", ns)} == {"ApiEnabled", "EditTask"}
