@@ -15,18 +15,18 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from simple_salesforce import Salesforce
 
-from churnflow.warehouse import read_sql, table_exists
+from churnflow.warehouse import table_exists
 from crm_sync.client import connect, local_crm
-from crm_sync.ids import to_id18
-from crm_sync.ledger import Ledger, payload_hash
 from crm_sync.fields import is_missing
+from crm_sync.ids import to_id18
+from crm_sync.ledger import Ledger
 from crm_sync.push import (BULK_THRESHOLD, COMPOSITE_BATCH, DEFAULT_RETRY, REPAIR_NOTE, TASK_SYNCED_FIELDS, TASK_TEXT_FIELDS,
                            AccountResolver, PushSummary, RetryPolicy, account_health_rows, composite_update, find_task_records,
                            in_clause_queries, is_older, is_unchanged, kept_task, query_all)

@@ -46,6 +46,7 @@ class SyncSummary:
     statuses_changed: int = 0
     changes: list[Any] = field(default_factory=list)  # dry run: crm_sync.ops.PlannedChange
     api_estimate: dict[str, int] = field(default_factory=dict)  # dry run: calls the push would take
+    account_of: dict[str, str] = field(default_factory=dict)  # crm_account_id -> account_id, to name rejected accounts
 
     @property
     def failures(self) -> list[RecordFailure]:
@@ -65,7 +66,9 @@ class SyncSummary:
                 continue
             what = "account" if push.kind == "account_health" else "task"
             lines += [f"{what} {skip.describe()}" for skip in push.skips]
-            lines += [f"{what} {e.key}: rejected - {e.code}: {e.message}" for e in push.errors]
+            named = self.account_of if push.kind == "account_health" else {}
+            lines += [f"{what} {named[e.key] + ' (' + e.key + ')' if e.key in named else e.key}: rejected - {e.code}: {e.message}"
+                      for e in push.errors]
             lines += [f"{what} {key}: in doubt - {why}" for key, why in push.in_doubt.items()]
         return lines
 
@@ -163,6 +166,9 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
 
     # One resolver per run: accounts matched by an external id are looked up once, for both pushes.
     resolver = AccountResolver(sf, settings.sf_account_match_field, retry or DEFAULT_RETRY)
+    if len(health) and hasattr(summary, "account_of"):
+        known = health.dropna(subset=["crm_account_id"])
+        summary.account_of.update(zip(known["crm_account_id"].astype(str).str.strip(), known["account_id"].astype(str), strict=True))
     if len(health):
         summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
                                                retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval,

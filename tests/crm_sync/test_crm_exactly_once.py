@@ -248,6 +248,12 @@ def test_accounts_without_a_crm_id_are_named(tmp_path: Path, engine: sa.Engine) 
     assert summary.accounts is not None and summary.accounts.updated == 7
     assert [line for line in summary.skipped_lines() if "no crm id" in line] == [
         "account A3: no crm id - accounts.crm_account_id is empty: the account has no CRM record to write to"]
+    # a rejected account is named by its account id too
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE accounts SET crm_account_id = 'not-an-id' WHERE account_id = 'A5'"))
+    with local_crm(settings), pytest.raises(CrmSyncFailed) as rejected:
+        sync_crm(engine, settings, D2, retry=FAST)
+    assert "account A5 (not-an-id): rejected - MALFORMED_ID: Account ID: id value of incorrect type: not-an-id" in rejected.value.summary.skipped_lines()
 
 
 def test_unchanged_accounts_cost_no_call_and_no_record_update(server: LocalSalesforce, sf: Salesforce, uid: str, engine: sa.Engine) -> None:
