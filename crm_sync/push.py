@@ -6,9 +6,13 @@ Why this module exists rather than a few ``sf.Account.update`` calls:
   connections, row locks) and simple-salesforce 1.12.10 retries none of them, so every call
   goes through :func:`call_with_retry` (bounded exponential backoff with jitter; re-login
   once on ``INVALID_SESSION_ID``, including for Bulk 2.0, which never refreshes itself).
-* A create whose response was lost may still have happened. Before a create is retried,
-  the records are looked up again by their ``Churnflow_Key__c``, so a retry never makes a
-  duplicate task.
+* A create whose response was lost may still have happened, or may still happen: Salesforce
+  keeps running a request whose client timed out. Before a create is retried, the records
+  are looked up again by their ``Churnflow_Key__c``; keys not found yet stay *in doubt* for
+  ``settle_seconds`` instead of being re-sent, so a late commit never makes a second task.
+* The CRM only moves forward, and only what changed is written: accounts whose score is
+  older than what the CRM holds are skipped, and accounts that did not change by the rule
+  in :func:`crm_sync.fields.material_change` cost no call (see :func:`push_account_health`).
 * Above ``bulk_threshold`` records the Bulk API 2.0 is used (one job instead of hundreds of
   calls); below it, composite sObject collections (200 records per call). Bulk row failures
   do not raise in simple-salesforce; they are read back and reported (or retried when the
