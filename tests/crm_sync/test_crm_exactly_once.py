@@ -347,3 +347,20 @@ def test_a_refused_login_is_one_clear_line_not_a_traceback(server: LocalSalesfor
     assert result.exit_code == 1 and "CRM request failed: SalesforceAuthenticationFailed" in result.output and "INVALID_LOGIN" in result.output
     assert "Traceback" not in result.output and "wrong-password-123" not in result.output
     assert server.api_calls["login"] == logins + 1  # a real rejection is not retried
+
+
+def test_forward_only_and_delta_on_postgresql(tmp_path: Path, pg_engine: sa.Engine) -> None:
+    """The same sync with the warehouse (scores, tasks, ledger) on PostgreSQL."""
+    _warehouse(pg_engine, D2)
+    _scores(pg_engine, D1, [50] * 8)
+    _scores(pg_engine, D2, [60] * 8)
+    _scores(pg_engine, D3, [60] * 8)
+    settings = Settings(home=tmp_path / "home", crm="local", local_crm_port=0)
+    with local_crm(settings):
+        first = sync_crm(pg_engine, settings, D2, retry=FAST)
+        assert first.accounts is not None and first.tasks is not None and (first.accounts.updated, first.tasks.created) == (8, 3)
+        quiet = sync_crm(pg_engine, settings, D3, retry=FAST)
+        assert quiet.accounts is not None and (quiet.accounts.unchanged, quiet.accounts.api_calls) == (8, 0)
+        older = sync_crm(pg_engine, settings, D1, retry=FAST)
+        assert older.accounts is not None and older.accounts.older == 8
+        assert reconcile(pg_engine, settings, D3) == []
