@@ -248,7 +248,16 @@ def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: 
     if sum((dry_run, retry_failed, reconcile, repair)) > 1:
         raise typer.BadParameter("use only one of --dry-run, --retry-failed, --reconcile, --repair")
     settings = _settings()
-    engine, day = _engine(settings), _as_of(settings, as_of)
+    engine = _engine(settings)
+    if repair:  # tasks of every day: no as-of date
+        from crm_sync.ops import repair_duplicates
+
+        repaired = repair_duplicates(engine, settings)
+        console.print(repaired.describe(), markup=False)
+        if repaired.failed:
+            raise typer.Exit(1)
+        return
+    day = _as_of(settings, as_of)
     if retry_failed:
         from crm_sync.ops import retry_failed as retry_failed_records
 
@@ -265,14 +274,6 @@ def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: 
             console.print(difference.describe(), markup=False)
         console.print(f"reconcile as of {day:%Y-%m-%d}: {len(differences)} difference(s)", markup=False)
         if differences:
-            raise typer.Exit(1)
-        return
-    if repair:
-        from crm_sync.ops import repair_duplicates
-
-        repaired = repair_duplicates(engine, settings)
-        console.print(repaired.describe(), markup=False)
-        if repaired.failed:
             raise typer.Exit(1)
         return
     try:

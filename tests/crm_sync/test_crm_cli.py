@@ -51,8 +51,10 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         out = invoke("sync", "--as-of", "2026-11-20", "--reconcile", code=1)  # differences exit non-zero
         assert "1 difference(s)" in out and "Churnflow_Health_Band__c: 'Green' → 'Red'" in out
         assert "no failed records" in invoke("sync", "--as-of", "2026-11-20", "--retry-failed")
+        assert "no task key exists more than once" in invoke("sync", "--repair")
     result = runner.invoke(app, ["sync", "--as-of", "2026-11-20", "--dry-run", "--reconcile"])
     assert result.exit_code != 0
+    assert runner.invoke(app, ["sync", "--repair", "--reconcile"]).exit_code != 0
 
 
 def test_bench_crm_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
