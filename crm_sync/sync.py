@@ -183,13 +183,14 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
 
 def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True,
              retry: RetryPolicy | None = None, bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25,
-             accounts: list[str] | None = None) -> SyncSummary:
+             accounts: list[str] | None = None, timeout: float | tuple[float, float] | None = None) -> SyncSummary:
     """Push the day's health fields and all pending tasks; store the Task Ids returned.
 
     The intent ledger (table ``crm_sync_ledger``) makes the push a delta (unchanged
     accounts are not sent again), refuses scores older than what the CRM holds, and lets a
     crashed run resume without duplicates. Raises :class:`CrmSyncFailed` (carrying the
     summary) when Salesforce rejected any record, after everything else was written.
+    ``timeout`` overrides the client's (connect, read) timeout in seconds.
     """
     from churnflow.outreach import record_task_ids
 
@@ -216,7 +217,7 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
     ledger = Ledger(engine) if use_ledger else None
     local = settings.crm == "local"
     with local_crm(settings) if local else nullcontext() as server:
-        sf = connect(settings, retry=retry)
+        sf = connect(settings, retry=retry, **({"timeout": timeout} if timeout is not None else {}))
         if local:
             emails = [e for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()]
             try:
