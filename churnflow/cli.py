@@ -255,23 +255,53 @@ def outreach_cmd(as_of: AsOf = None) -> None:
 
 
 @app.command("sync")
-def sync_cmd(
+def sync_cmd(  # noqa: C901 - one flag, one branch
+
     as_of: AsOf = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-send only the records the ledger holds as failed.")] = False,
-    reconcile: Annotated[bool, typer.Option("--reconcile", help="Compare the CRM with what churnflow intended; write nothing.")] = False,
+    reconcile: Annotated[bool, typer.Option("--reconcile", help="Compare the CRM with what churnflow intended (duplicate tasks included); write nothing. Exits 1 on differences.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Close extra Tasks that share a churnflow key (Status Completed + a note), keep one.")] = False,
 ) -> None:
-    """Push account health fields and pending tasks to the CRM."""
-    from crm_sync.sync import sync_crm
+    """Push account health fields and pending tasks to the CRM. Exits 1 when records were rejected."""
+    try:
+        _sync(as_of, dry_run, retry_failed, reconcile, repair)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        from requests import RequestException
+        from simple_salesforce.exceptions import SalesforceError
 
-    if sum((dry_run, retry_failed, reconcile)) > 1:
-        raise typer.BadParameter("use only one of --dry-run, --retry-failed, --reconcile")
+        if not isinstance(exc, (SalesforceError, RequestException)):
+            raise
+        # The CRM refused or was unreachable after the retries: one clear line, no traceback.
+        console.print(f"CRM request failed: {type(exc).__name__}: {str(exc)[:500]}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: bool, repair: bool) -> None:
+    from crm_sync.sync import CrmSyncFailed, sync_crm
+
+    if sum((dry_run, retry_failed, reconcile, repair)) > 1:
+        raise typer.BadParameter("use only one of --dry-run, --retry-failed, --reconcile, --repair")
     settings = _settings()
-    engine, day = _engine(settings), _as_of(settings, as_of)
+    engine = _engine(settings)
+    if repair:  # tasks of every day: no as-of date
+        from crm_sync.ops import repair_duplicates
+
+        repaired = repair_duplicates(engine, settings)
+        console.print(repaired.describe(), markup=False)
+        if repaired.failed:
+            raise typer.Exit(1)
+        return
+    day = _as_of(settings, as_of)
     if retry_failed:
         from crm_sync.ops import retry_failed as retry_failed_records
 
-        console.print(retry_failed_records(engine, settings, day).describe(), markup=False)
+        retried = retry_failed_records(engine, settings, day)
+        console.print(retried.describe(), markup=False)
+        if any(s is not None and s.failed for s in (retried.accounts, retried.tasks)):
+            raise typer.Exit(1)
         return
     if reconcile:
         from crm_sync.ops import reconcile as reconcile_crm
@@ -280,13 +310,24 @@ def sync_cmd(
         for difference in differences:
             console.print(difference.describe(), markup=False)
         console.print(f"reconcile as of {day:%Y-%m-%d}: {len(differences)} difference(s)", markup=False)
+        if differences:
+            raise typer.Exit(1)
         return
-    summary = sync_crm(engine, settings, day, dry_run=dry_run)
+    try:
+        summary = sync_crm(engine, settings, day, dry_run=dry_run)
+    except CrmSyncFailed as failed:
+        summary = failed.summary
+        for line in summary.skipped_lines():
+            console.print(line, markup=False)
+        console.print(str(failed), markup=False)
+        raise typer.Exit(1) from None
     for change in summary.changes[:200]:
         console.print(change.describe(), markup=False)
     if len(summary.changes) > 200:
         console.print(f"... and {len(summary.changes) - 200} more field change(s)", markup=False)
-    console.print(summary.describe())
+    for line in summary.skipped_lines():
+        console.print(line, markup=False)
+    console.print(summary.describe(), markup=False)
 
 
 @app.command("digest")
@@ -314,12 +355,19 @@ def daily_cmd(
     from flows.pipeline import daily_flow
     from flows.runtime import PrefectStartupError, temporary_server_guard
 
+    from crm_sync.sync import CrmSyncFailed
+
     _quiet_library_logs()
     try:
         with temporary_server_guard():
             result = daily_flow(as_of=as_of.date() if as_of else None, dry_run=dry_run)
     except PrefectStartupError as exc:
         _fail(str(exc))
+    except CrmSyncFailed as failed:  # scores and tasks are stored; the CRM rejected records: say which, exit 1
+        for line in failed.summary.skipped_lines():
+            console.print(line, markup=False)
+        console.print(str(failed), markup=False)
+        raise typer.Exit(1) from None
     console.print_json(json.dumps(result, default=str))
 
 
@@ -384,16 +432,17 @@ def bench_features_cmd(
 
 @bench_app.command("crm")
 def bench_crm_cmd(
-    accounts: Annotated[int, typer.Option(help="Changed accounts to push (Accounts are seeded first, not counted).")] = 100000,
-    tasks: Annotated[int, typer.Option(help="New tasks to push.")] = 10000,
+    accounts: Annotated[int, typer.Option(help="Accounts to push (Accounts are seeded first, not counted).")] = 100000,
+    tasks: Annotated[int, typer.Option(help="New tasks on day 1 (day 2 adds 5% more).")] = 10000,
 ) -> None:
-    """Push accounts and tasks to a fresh local CRM twice: API calls (total, by endpoint) and wall seconds."""
+    """Day 1, the same day again, day 2 with score drift, to a fresh local CRM: API calls, record writes, seconds."""
     from crm_sync.bench import bench_crm
 
     settings = _settings()
     workdir = settings.home_dir / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    console.print_json(json.dumps(bench_crm(accounts, tasks, workdir=workdir)))
+    console.print_json(json.dumps(bench_crm(accounts, tasks, workdir=workdir, min_change=settings.crm_min_health_change,
+                                           min_trend=settings.crm_min_trend_change)))
 
 
 @app.command("crm-pull")

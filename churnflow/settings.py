@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     sf_account_match_field: str = Field("Id", description="Account field that matches accounts.crm_account_id ('Id' or an external-id field).")
     sf_renewal_date_field: str | None = Field(None, description="Account date field holding the renewal date, read back by `churnflow crm-pull` (e.g. Renewal_Date__c).")
     sf_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the Salesforce password (used when sf_password is unset).")
+    crm_min_health_change: float = Field(1.0, ge=0, description="Health points (= churn risk percentage points, unrounded) an account must move before it is written to the CRM again; band, drivers and ARR changes always count.")
+    crm_min_trend_change: float = Field(3.0, ge=0, description="Points the 30-day health trend must move before an account is written to the CRM again (the trend also moves when the day 30 days back drops out).")
+    crm_task_settle_seconds: float = Field(600.0, ge=0, description="How long a Task create whose response was lost may still land in Salesforce: its key is not re-sent before (Salesforce ends requests after 10 minutes).")
 
     # -- digest ----------------------------------------------------------------------
     digest_dir: Path | None = Field(None, description="Where digest files are written. Default: <home>/digests.")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ import requests
 from simple_salesforce import Salesforce
 
 from crm_sync.local_server import API_VERSION, LocalSalesforce, certificate_file, serve_until_signalled
+from crm_sync.push import DEFAULT_RETRY, RetryPolicy, _describe_exc, is_retryable
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ def connect_local(
     host: str = "127.0.0.1",
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
     version: str = API_VERSION,
+    retry: RetryPolicy | None = None,
 ) -> Salesforce:
     """Log in to a local server (an object, or one listening on ``host:port`` with its cert in ``cert_dir``)."""
     if server is not None:
@@ -74,14 +78,29 @@ def connect_local(
         if not cert_path.exists():
             raise FileNotFoundError(f"no local CRM certificate at {cert_path}: is the local CRM running with this crm_dir?")
         domain = f"{host}:{port}/local"
-    return Salesforce(
+    return login_with_retry(lambda: Salesforce(
         username=LocalSalesforce.username,
         password=LocalSalesforce.password,
         security_token=LocalSalesforce.security_token,
         domain=domain,
         session=local_session(cert_path, timeout),
         version=version,
-    )
+    ), retry or DEFAULT_RETRY, "local CRM login")
+
+
+def login_with_retry(login: Callable[[], Salesforce], policy: RetryPolicy = DEFAULT_RETRY, what: str = "login") -> Salesforce:
+    """Log in, retrying what every other call retries (503 / maintenance pages, timeouts,
+    dropped connections), bounded, with backoff; a real rejection (INVALID_LOGIN) is raised at once."""
+    for attempt in range(policy.attempts):
+        try:
+            return login()
+        except Exception as exc:
+            if not is_retryable(exc) or attempt + 1 >= policy.attempts:
+                raise
+            pause = policy.delay(attempt)
+            log.warning("%s failed (%s); retry %d of %d in %.2f s", what, _describe_exc(exc), attempt + 1, policy.attempts - 1, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _secret(value: Any) -> str | None:
@@ -100,7 +119,7 @@ def _password_from_block(block_name: str) -> str:
     return value
 
 
-def connect(settings: Any, *, timeout: float | tuple[float, float] = DEFAULT_TIMEOUT) -> Salesforce:
+def connect(settings: Any, *, timeout: float | tuple[float, float] = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None) -> Salesforce:
     """A logged-in Salesforce client for ``settings`` (a ``churnflow.settings.Settings``).
 
     Local mode logs in to the local server at 127.0.0.1:``local_crm_port`` (certificate in
@@ -113,28 +132,29 @@ def connect(settings: Any, *, timeout: float | tuple[float, float] = DEFAULT_TIM
         if not port:
             raise ValueError("local_crm_port is 0: start the local CRM first (crm_sync.client.local_crm) so a port is known")
         log.info("connecting to the local CRM on 127.0.0.1:%s", port)
-        return connect_local(port=port, cert_dir=settings.crm_dir, timeout=timeout)
+        return connect_local(port=port, cert_dir=settings.crm_dir, timeout=timeout, retry=retry)
     if not settings.sf_username:
         raise ValueError("sf_username is required to connect to Salesforce (CHURNFLOW_SF_USERNAME)")
+    policy = retry or DEFAULT_RETRY
     session = TimeoutSession(timeout)
     if settings.sf_consumer_key and settings.sf_privatekey_file:
         log.info("connecting to Salesforce (%s) with JWT bearer", settings.sf_domain)
-        return Salesforce(
+        return login_with_retry(lambda: Salesforce(
             username=settings.sf_username, consumer_key=settings.sf_consumer_key,
             privatekey_file=str(Path(settings.sf_privatekey_file).expanduser()),
             domain=settings.sf_domain, session=session, version=API_VERSION,
-        )
+        ), policy, "Salesforce login")
     password = _secret(settings.sf_password)
     if password is None and settings.sf_secret_block:
         password = _password_from_block(settings.sf_secret_block)
     if password is None:
         raise ValueError("no Salesforce password: set CHURNFLOW_SF_PASSWORD or sf_secret_block, or configure JWT")
     log.info("connecting to Salesforce (%s) with username and password", settings.sf_domain)
-    return Salesforce(
+    return login_with_retry(lambda: Salesforce(
         username=settings.sf_username, password=password,
         security_token=_secret(settings.sf_security_token) or "",
         domain=settings.sf_domain, session=session, version=API_VERSION,
-    )
+    ), policy, "Salesforce login")
 
 
 def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -9,7 +9,15 @@ Salesforce Id, or failed with the error), also when the push dies half way. That
 * safe resumption: a record left at ``intended`` (the process died between sending and
   recording) is simply sent again on the next run: account updates are idempotent, and
   tasks are looked up by their Churnflow_Key__c before any create, so nothing duplicates;
-* an audit trail of the last write per record, in the warehouse next to the scores.
+* an audit trail of the last write per record, in the warehouse next to the scores;
+* the CRM only moves forward: per account, the as-of date of the score last confirmed in
+  the CRM (``sent_as_of``) and the newest as-of date any run has pushed or found unchanged
+  (``seen_as_of``); a run for an older day is refused for those accounts;
+* what "changed" is measured against: ``sent_state``, the values that decide a change
+  (see :func:`crm_sync.fields.material_change`) as last confirmed in the CRM.
+
+Repairs of duplicate tasks are recorded under kind ``task_repairs`` (key: the closed
+record's Id).
 
 The ledger lives in the warehouse (DuckDB or PostgreSQL) through SQLAlchemy.
 """
@@ -22,7 +30,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -61,10 +69,15 @@ def payload_hash(values: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class LedgerEntry:
     record_key: str
-    status: str  # intended | sent | failed
+    status: str  # intended | sent | failed | in_doubt (tasks: a create whose outcome is unknown)
     sent_hash: str | None
     intended_hash: str | None
     crm_id: str | None
+    sent_state: dict[str, Any] | None = None
+    sent_as_of: date | None = None
+    seen_as_of: date | None = None
+    updated_at: datetime | None = None
+    error: str | None = None
 
 
 def _table(metadata: sa.MetaData, name: str) -> sa.Table:
@@ -79,7 +92,47 @@ def _table(metadata: sa.MetaData, name: str) -> sa.Table:
         sa.Column("error", sa.String()),
         sa.Column("run_id", sa.String()),
         sa.Column("updated_at", sa.DateTime()),
+        *_ADDED_COLUMNS(),
     )
+
+
+def _ADDED_COLUMNS() -> list[sa.Column]:  # noqa: N802 - columns added after the first release (migrated in place)
+    return [
+        sa.Column("intended_state", sa.String()),
+        sa.Column("sent_state", sa.String()),
+        sa.Column("intended_as_of", sa.Date()),
+        sa.Column("sent_as_of", sa.Date()),
+        sa.Column("seen_as_of", sa.Date()),
+    ]
+
+
+def _migrate(engine: sa.Engine, table: sa.Table) -> None:
+    """Add the columns a ledger written by an older churnflow lacks (nothing is rewritten)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    missing = [c for c in _ADDED_COLUMNS() if c.name not in have]
+    if not missing:
+        return
+    preparer = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN {preparer.quote(column.name)} {kind}"))
+    log.info("ledger %s: added columns %s", table.name, [c.name for c in missing])
+
+
+def _state_json(state: Mapping[str, Any] | None) -> str | None:
+    return None if state is None else json.dumps(dict(state), sort_keys=True, default=str)
+
+
+def _as_date(value: Any) -> date | None:
+    value = _none(value)
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return pd.Timestamp(value).date()
 
 
 class Ledger:
@@ -90,6 +143,8 @@ class Ledger:
         self.table = _table(sa.MetaData(), table)
         if create:
             self.table.create(engine, checkfirst=True)
+        if sa.inspect(engine).has_table(table):
+            _migrate(engine, self.table)
         self.run_id = uuid.uuid4().hex
 
     @classmethod
@@ -110,7 +165,11 @@ class Ledger:
         out: dict[str, LedgerEntry] = {}
         for frame in frames:
             for row in frame.itertuples():
-                out[row.record_key] = LedgerEntry(row.record_key, row.status, _none(row.sent_hash), _none(row.intended_hash), _none(row.crm_id))
+                state = _none(row.sent_state)
+                out[row.record_key] = LedgerEntry(
+                    row.record_key, row.status, _none(row.sent_hash), _none(row.intended_hash), _none(row.crm_id),
+                    json.loads(state) if state else None, _as_date(row.sent_as_of), _as_date(row.seen_as_of),
+                    _none(row.updated_at), _none(row.error))
         return out
 
     def unchanged(self, kind: str, hashes: Mapping[str, str]) -> dict[str, LedgerEntry]:
@@ -118,47 +177,97 @@ class Ledger:
         return {k: e for k, e in self.entries(kind, hashes).items()
                 if e.status == "sent" and e.sent_hash == hashes[k] and e.crm_id}
 
-    def record_intents(self, kind: str, hashes: Mapping[str, str]) -> None:
-        """Before sending: mark these records as about to be written with these values."""
-        existing = self.entries(kind, hashes)
+    def _rows(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The raw ledger rows of these keys (every column), to carry values over unchanged."""
+        t = self.table
+        wanted = list(dict.fromkeys(keys))
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _BATCH):
+            frame = read_sql(self.engine, sa.select(t).where(t.c.kind == kind, t.c.record_key.in_(wanted[start:start + _BATCH])))
+            for row in frame.to_dict("records"):
+                out[row["record_key"]] = {k: _none(v) for k, v in row.items()}
+        return out
+
+    def record_intents(self, kind: str, hashes: Mapping[str, str], *, states: Mapping[str, Mapping[str, Any]] | None = None,
+                       as_of: Mapping[str, date] | None = None) -> None:
+        """Before sending: mark these records as about to be written with these values
+        (and, for accounts, the change state and the as-of date of the score)."""
+        existing = self._rows(kind, hashes)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        rows = [{"kind": kind, "record_key": k, "status": "intended", "intended_hash": h,
-                 "sent_hash": existing[k].sent_hash if k in existing else None,
-                 "crm_id": existing[k].crm_id if k in existing else None,
-                 "error": None, "run_id": self.run_id, "updated_at": now} for k, h in hashes.items()]
+        rows = []
+        for k, h in hashes.items():
+            prior = existing.get(k, {})
+            rows.append({**{c.name: prior.get(c.name) for c in self.table.columns}, "kind": kind, "record_key": k,
+                         "status": "intended", "intended_hash": h,
+                         "intended_state": _state_json(states.get(k)) if states else None,
+                         "intended_as_of": as_of.get(k) if as_of else None,
+                         "error": None, "run_id": self.run_id, "updated_at": now})
         self._replace(kind, rows)
 
-    def record_outcomes(self, kind: str, sent: Mapping[str, str], failed: Mapping[str, str]) -> None:
-        """After sending: ``sent`` maps key -> Salesforce Id, ``failed`` maps key -> error text."""
-        keys = [*sent, *failed]
+    def record_outcomes(self, kind: str, sent: Mapping[str, str], failed: Mapping[str, str],
+                        in_doubt: Mapping[str, str] | None = None) -> None:
+        """After sending: ``sent`` maps key -> Salesforce Id, ``failed`` maps key -> error text,
+        ``in_doubt`` maps key -> why (a create whose outcome is unknown: checked again later)."""
+        in_doubt = in_doubt or {}
+        keys = [*sent, *failed, *in_doubt]
         if not keys:
             return
-        existing = self.entries(kind, keys)
+        existing = self._rows(kind, keys)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         rows = []
         for key, crm_id in sent.items():
-            prior = existing.get(key)
-            rows.append({"kind": kind, "record_key": key, "status": "sent",
-                         "intended_hash": prior.intended_hash if prior else None,
-                         "sent_hash": prior.intended_hash if prior else None, "crm_id": crm_id,
-                         "error": None, "run_id": self.run_id, "updated_at": now})
-        for key, error in failed.items():
-            prior = existing.get(key)
-            rows.append({"kind": kind, "record_key": key, "status": "failed",
-                         "intended_hash": prior.intended_hash if prior else None,
-                         "sent_hash": prior.sent_hash if prior else None,
-                         "crm_id": prior.crm_id if prior else None,
-                         "error": error[:1000], "run_id": self.run_id, "updated_at": now})
+            prior = existing.get(key, {})
+            intended_as_of, seen = _as_date(prior.get("intended_as_of")), _as_date(prior.get("seen_as_of"))
+            rows.append({**prior, "kind": kind, "record_key": key, "status": "sent",
+                         "sent_hash": prior.get("intended_hash"), "sent_state": prior.get("intended_state"),
+                         "sent_as_of": intended_as_of, "seen_as_of": max(d for d in (intended_as_of, seen) if d) if (intended_as_of or seen) else None,
+                         "crm_id": crm_id, "error": None, "run_id": self.run_id, "updated_at": now})
+        for status, errors in (("failed", failed), ("in_doubt", in_doubt)):
+            for key, error in errors.items():
+                prior = existing.get(key, {})
+                rows.append({**prior, "kind": kind, "record_key": key, "status": status,
+                             "error": error[:1000], "run_id": self.run_id, "updated_at": now})
         self._replace(kind, rows)
+
+    def mark_seen(self, kind: str, keys: Iterable[str], as_of: date) -> None:
+        """Unchanged records a run for ``as_of`` looked at: a later run for an older day must not
+        overwrite them (the CRM already holds what ``as_of`` would show)."""
+        t = self.table
+        wanted = list(dict.fromkeys(keys))
+        with self.engine.begin() as conn:
+            for start in range(0, len(wanted), _BATCH):
+                conn.execute(t.update().where(t.c.kind == kind, t.c.record_key.in_(wanted[start:start + _BATCH]),
+                                              sa.or_(t.c.seen_as_of.is_(None), t.c.seen_as_of < as_of)).values(seen_as_of=as_of))
+
+    def record_repairs(self, repairs: Mapping[str, str], note: Mapping[str, str]) -> None:
+        """Duplicate task records closed by ``sync --repair``: closed Id -> kept Id, with the note written."""
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        rows = [{"kind": "task_repairs", "record_key": rid, "status": "closed", "intended_hash": None, "sent_hash": None,
+                 "crm_id": rid, "error": note.get(rid, f"duplicate of {kept}")[:1000], "run_id": self.run_id, "updated_at": now}
+                for rid, kept in repairs.items()]
+        if rows:
+            self._replace("task_repairs", rows)
 
     def _replace(self, kind: str, rows: list[dict[str, Any]]) -> None:
         t = self.table
+        dates = {c.name for c in t.columns if isinstance(c.type, sa.Date) and not isinstance(c.type, sa.DateTime)}
+        rows = [{c.name: (_as_date(r.get(c.name)) if c.name in dates else _plain(r.get(c.name))) for c in t.columns} for r in rows]
         with self.engine.begin() as conn:
             for start in range(0, len(rows), _BATCH):
                 chunk = rows[start:start + _BATCH]
                 conn.execute(t.delete().where(t.c.kind == kind, t.c.record_key.in_([r["record_key"] for r in chunk])))
                 conn.execute(t.insert(), chunk)
         log.debug("ledger: %d %s rows written", len(rows), kind)
+
+
+def _plain(value: Any) -> Any:
+    """Database-friendly scalars (pandas Timestamps and numpy values read back from the ledger)."""
+    value = _none(value)
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 def _none(value: Any) -> Any:

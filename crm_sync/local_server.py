@@ -110,7 +110,8 @@ class FieldDef:
 
 
 _SPEC_TYPES = {"Number": "double", "Percent": "percent", "Currency": "currency", "Text": "string",
-               "LongTextArea": "textarea", "Picklist": "picklist", "DateTime": "datetime"}
+               "LongTextArea": "textarea", "Picklist": "picklist", "DateTime": "datetime",
+               "Date": "date"}
 
 
 def _from_spec(spec: FieldSpec) -> FieldDef:
@@ -171,6 +172,9 @@ def build_schema() -> dict[str, SObjectSchema]:
         # The org's own renewal date (maintained by CS ops, not by churnflow): read back when
         # CHURNFLOW_SF_RENEWAL_DATE_FIELD names it.
         FieldDef("Renewal_Date__c", "date", "Renewal Date"),
+        # An org's own external id (e.g. the billing system's customer number): accounts can
+        # be matched by it (CHURNFLOW_SF_ACCOUNT_MATCH_FIELD=Customer_Number__c).
+        FieldDef("Customer_Number__c", "string", "Customer Number", length=40, external_id=True, unique=True),
         *custom["Account"],
     ])
     user = SObjectSchema("User", "005", "User", [
@@ -277,7 +281,7 @@ def _type_error(fdef: FieldDef, value: Any, source: str) -> RecordError:
 # --------------------------------------------------------------------------------------
 # Faults
 # --------------------------------------------------------------------------------------
-FAULT_KINDS = ("limit", "expired", "unavailable", "slow", "drop", "bulk_row_failures", "error")
+FAULT_KINDS = ("limit", "expired", "unavailable", "slow", "late", "drop", "bulk_row_failures", "error")
 
 
 @dataclass
@@ -289,6 +293,11 @@ class Fault:
     ``nth`` matching request is the first to fail, and ``count`` consecutive matching
     requests fail in total. ``after=True`` on a ``drop`` processes the request (writes
     commit) before the connection is dropped - the ambiguous case clients must survive.
+    ``slow`` processes the request, then holds the response ``delay`` seconds (past the
+    client's timeout, the writes are visible to the client's next call); ``late`` holds
+    the request ``delay`` seconds *before* processing it, then commits it and drops the
+    connection: the client gave up long ago, and a lookup it made meanwhile found nothing
+    (as a Salesforce request keeps running after its client timed out).
     """
 
     kind: str
@@ -923,10 +932,12 @@ class LocalSalesforce:
         with self._lock:
             self.api_calls["total"] += 1
             self.api_calls[endpoint] += 1
-        fault = self.faults.take(method, endpoint, path, ("limit", "expired", "unavailable", "drop", "error", "slow"))
+        fault = self.faults.take(method, endpoint, path, ("limit", "expired", "unavailable", "drop", "error", "slow", "late"))
         delay = 0.0
         if fault is not None:
             log.debug("local CRM injecting %s fault on %s %s", fault.kind, method, path)
+            if fault.kind == "late":
+                time.sleep(fault.delay)  # not holding the lock: the client's other calls go on meanwhile
             if fault.kind == "drop" and not fault.after:
                 return None
             if fault.kind == "limit":
@@ -956,7 +967,7 @@ class LocalSalesforce:
             with self._lock:
                 self._flush()
         response = self._finish(response, method, path)
-        if fault is not None and fault.kind == "drop":
+        if fault is not None and fault.kind in ("drop", "late"):
             return None
         return delay, response
 
@@ -1684,7 +1695,7 @@ class LocalSalesforce:
                 f"<td>{fmt(acc.get('Churnflow_Health_Trend__c'))}</td>"
                 f"<td>{fmt(acc.get('Churnflow_ARR_At_Risk__c'))}</td>"
                 f"<td class=drivers>{esc(acc.get('Churnflow_Top_Drivers__c') or '')}</td>"
-                f"<td>{esc(acc.get('Churnflow_Scored_At__c') or '')}</td>"
+                f"<td>{esc(acc.get('Churnflow_Score_As_Of__c') or '')}<div class=muted>run {esc(acc.get('Churnflow_Scored_At__c') or '-')}</div></td>"
                 f"<td><ul>{open_tasks}</ul></td>"
                 "</tr>")
         return (
@@ -1696,7 +1707,7 @@ class LocalSalesforce:
             f"<h1>Account health</h1><p class=muted>{len(accounts)} accounts &middot; {band_counts} &middot; "
             f"{sum(len(v) for v in tasks.values())} open tasks &middot; read-only view of the local Salesforce-compatible CRM</p>"
             "<table><thead><tr><th>Account</th><th>Owner</th><th>Health</th><th>Band</th><th>Churn risk</th>"
-            "<th>Trend 30d</th><th>ARR at risk</th><th>Top drivers</th><th>Scored at</th><th>Open tasks</th></tr></thead>"
+            "<th>Trend 30d</th><th>ARR at risk</th><th>Top drivers</th><th>Score as of</th><th>Open tasks</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></body></html>"
         )
 

@@ -3,7 +3,8 @@
 * :func:`retry_failed` re-sends only the records the intent ledger holds as ``failed``
   (composite per-record errors and Bulk 2.0 failed rows both land there);
 * :func:`reconcile` reads what the CRM holds and compares it with what churnflow
-  intended, writing nothing;
+  intended, writing nothing (duplicate task keys included);
+* :func:`repair_duplicates` closes the extra records of a duplicated task key;
 * :func:`plan_changes` / :func:`estimate_api_calls` back the dry run: which records and
   fields would change, and how many API calls the push would take.
 """
@@ -14,19 +15,21 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from simple_salesforce import Salesforce
 
-from churnflow.warehouse import read_sql, table_exists
+from churnflow.warehouse import table_exists
 from crm_sync.client import connect, local_crm
+from crm_sync.fields import is_missing
 from crm_sync.ids import to_id18
-from crm_sync.ledger import Ledger, payload_hash
-from crm_sync.push import (BULK_THRESHOLD, COMPOSITE_BATCH, DEFAULT_RETRY, TASK_SYNCED_FIELDS, PushSummary, RetryPolicy,
-                           account_health_updates, find_tasks, in_clause_queries, query_all)
+from crm_sync.ledger import Ledger
+from crm_sync.push import (BULK_THRESHOLD, COMPOSITE_BATCH, DEFAULT_RETRY, REPAIR_NOTE, TASK_SYNCED_FIELDS, TASK_TEXT_FIELDS,
+                           AccountResolver, PushSummary, RetryPolicy, account_health_rows, composite_update, find_task_records,
+                           in_clause_queries, is_older, is_unchanged, kept_task, query_all)
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +136,38 @@ def intended_tasks(engine: sa.Engine) -> pd.DataFrame:
 
 
 def reconcile_with(sf: Salesforce, health: pd.DataFrame, tasks: pd.DataFrame, *,
-                   retry: RetryPolicy | None = None) -> list[Difference]:
-    """Compare the CRM with the intended health fields and tasks; read-only."""
+                   retry: RetryPolicy | None = None, ledger: Ledger | None = None, match_field: str = "Id",
+                   min_change: float = 1.0, min_trend: float = 3.0, extra_tasks: bool = False) -> list[Difference]:
+    """Compare the CRM with what churnflow intended; read-only.
+
+    An account is expected to hold the day's values, or, when the push rightly did not
+    send them (unchanged by the change rule, or older than what the CRM holds), the values
+    the ledger last confirmed. Each task key must exist exactly once: extra open records
+    with the same key are reported as ``(duplicate)`` differences (``sync --repair`` closes them).
+    With ``extra_tasks``, open Tasks carrying a churnflow key churnflow never intended (another
+    warehouse's, or a held-out task's) are reported as ``(extra)``: one paginated query over the
+    org's open churnflow tasks.
+    """
     from crm_sync.push import _task_text, _due, TASK_TEXT_FIELDS  # the same conversions the push uses
 
     policy = retry or DEFAULT_RETRY
     out: list[Difference] = []
-    updates = account_health_updates(health, PushSummary(kind="account_health")) if len(health) else {}
-    by_id = {to_id18(k) or k: k for k in updates}
-    if updates:
-        fields = sorted({f for values in updates.values() for f in values})
+    resolver = AccountResolver(sf, match_field, policy)
+    rows = account_health_rows(health, PushSummary(kind="account_health")) if len(health) else {}
+    entries = ledger.entries("account_health", rows) if ledger is not None and rows else {}
+    expected: dict[str, dict[str, Any]] = {}
+    for key, row in rows.items():
+        entry = entries.get(key)
+        confirmed = entry is not None and entry.sent_state is not None and (is_older(entry, row) or is_unchanged(entry, row, min_change, min_trend))
+        state = entry.sent_state if confirmed and entry is not None and entry.sent_state is not None else row.payload
+        expected[key] = {f: state.get(f) for f in row.payload}
+    ids = resolver.resolve(list(expected), None)
+    for key, rid in ids.items():
+        if rid is None:
+            out.append(Difference("Account", key, "(record)", "exists", resolver.errors.get(key, ("NOT_FOUND",))[0]))
+    by_id = {rid: key for key, rid in ids.items() if rid is not None}
+    if by_id:
+        fields = sorted({f for values in expected.values() for f in values})
         actual: dict[str, dict[str, Any]] = {}
         for soql in in_clause_queries(sf, f"SELECT Id, {', '.join(fields)} FROM Account", "Id", list(by_id)):
             for rec in query_all(sf, soql, policy):
@@ -152,29 +177,52 @@ def reconcile_with(sf: Salesforce, health: pd.DataFrame, tasks: pd.DataFrame, *,
             if rec is None:
                 out.append(Difference("Account", key, "(record)", "exists", None))
                 continue
-            for f, want in updates[key].items():
+            for f, want in expected[key].items():
                 if not _same(want, rec.get(f)):
                     out.append(Difference("Account", key, f, want, rec.get(f)))
     if len(tasks):
         keys = [str(k) for k in tasks["task_key"]]
-        found = find_tasks(sf, keys, policy)
+        records = find_task_records(sf, keys, policy)
+        crm_ids = [str(r["crm_account_id"]).strip() for r in tasks.to_dict("records") if not is_missing(r.get("crm_account_id"))]
+        what_ids = resolver.resolve(crm_ids, None) if resolver.match_field != "Id" else {}
         for row in tasks.to_dict("records"):
             key = str(row["task_key"])
-            rec = found.get(key)
-            if rec is None:
+            recs = records.get(key, [])
+            if not recs:
                 out.append(Difference("Task", key, "(record)", "exists", None))
                 continue
+            rec = kept_task(recs)
+            extras = duplicate_extras(recs)
+            if extras:
+                out.append(Difference("Task", key, "(duplicate)", f"1 record ({rec['Id']})",
+                                      f"{len(extras)} extra open record(s): {', '.join(r['Id'] for r in extras)}"))
             if rec.get("IsDeleted"):
                 out.append(Difference("Task", key, "(record)", "exists", "deleted"))
                 continue
-            want = {"WhatId": to_id18(str(row["crm_account_id"]).strip()) or str(row["crm_account_id"]).strip(),
+            crm_id = str(row["crm_account_id"]).strip()
+            what = (to_id18(crm_id) or crm_id) if resolver.match_field == "Id" else what_ids.get(crm_id)
+            want = {"WhatId": what,
                     "Subject": _task_text(row.get("subject"), TASK_TEXT_FIELDS["Subject"]),
                     "Description": _task_text(row.get("description"), TASK_TEXT_FIELDS["Description"]),
                     "Priority": row["priority"] if isinstance(row.get("priority"), str) else "Normal", "ActivityDate": _due(row.get("due_date"))}
+            if rec.get("IsClosed"):
+                continue  # a person closed it: what it says now is theirs
             for f in TASK_SYNCED_FIELDS:
                 if not _same(want[f], rec.get(f)):
                     out.append(Difference("Task", key, f, want[f], rec.get(f)))
+    if extra_tasks:
+        intended = {str(k) for k in tasks["task_key"]} if len(tasks) else set()
+        for rec in query_all(sf, "SELECT Id, Churnflow_Key__c FROM Task WHERE Churnflow_Key__c != null AND IsClosed = false "
+                             "ORDER BY CreatedDate", policy):
+            if rec["Churnflow_Key__c"] not in intended:
+                out.append(Difference("Task", rec["Churnflow_Key__c"], "(extra)", None, f"open Task {rec['Id']} churnflow did not intend"))
     return out
+
+
+def duplicate_extras(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The open records of one key that are not the kept task (what ``--repair`` closes)."""
+    kept = kept_task(records)
+    return [r for r in records if r["Id"] != kept["Id"] and not r.get("IsDeleted") and not r.get("IsClosed")]
 
 
 def reconcile(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryPolicy | None = None) -> list[Difference]:
@@ -183,10 +231,81 @@ def reconcile(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryPoli
 
     health = load_account_health(engine, as_of)
     tasks = intended_tasks(engine)
+    ledger = Ledger.existing(engine)
     local = settings.crm == "local"
     with local_crm(settings) if local else nullcontext():
-        sf = connect(settings)
-        return reconcile_with(sf, health, tasks, retry=retry)
+        sf = connect(settings, retry=retry)
+        return reconcile_with(sf, health, tasks, retry=retry, ledger=ledger, match_field=settings.sf_account_match_field,
+                              min_change=settings.crm_min_health_change, min_trend=settings.crm_min_trend_change,
+                              extra_tasks=True)
+
+
+# --------------------------------------------------------------------------------------
+# Repair duplicates
+# --------------------------------------------------------------------------------------
+@dataclass
+class RepairSummary:
+    keys_with_duplicates: int = 0
+    closed: dict[str, str] = field(default_factory=dict)  # closed Id -> kept Id
+    failed: dict[str, str] = field(default_factory=dict)  # Id -> error
+
+    def describe(self) -> str:
+        if not self.keys_with_duplicates:
+            return "repair: no task key exists more than once"
+        text = (f"repair: {self.keys_with_duplicates} task key(s) had duplicates; closed {len(self.closed)} extra record(s) "
+                f"(Status Completed, with a note naming the task kept)")
+        if self.failed:
+            text += f"; {len(self.failed)} could not be closed: " + "; ".join(f"{k}: {v}" for k, v in list(self.failed.items())[:5])
+        return text
+
+
+def repair_duplicates_with(engine: sa.Engine, sf: Salesforce, tasks: pd.DataFrame, *, retry: RetryPolicy | None = None,
+                           ledger: Ledger | None = None) -> RepairSummary:
+    """Close every extra open task of churnflow's keys, keep the one :func:`kept_task` picks.
+
+    Closing (Status=Completed and a note) rather than deleting keeps the org's history and
+    whatever a person wrote on the extra; each closed record is recorded in the ledger
+    (kind ``task_repairs``) and outreach_tasks points at the kept record.
+    """
+    from churnflow.outreach import record_task_ids
+
+    policy = retry or DEFAULT_RETRY
+    summary = RepairSummary()
+    keys = [str(k) for k in tasks["task_key"]] if len(tasks) else []
+    updates: dict[str, dict[str, Any]] = {}
+    kept_ids: dict[str, str] = {}
+    for key, records in find_task_records(sf, keys, policy, include_deleted=False).items():
+        extras = duplicate_extras(records)
+        if not extras:
+            continue
+        summary.keys_with_duplicates += 1
+        kept = kept_task(records)
+        kept_ids[key] = kept["Id"]
+        for rec in extras:
+            note = f"{REPAIR_NOTE} {kept['Id']} (same Churnflow key {key}); closed by churnflow sync --repair."
+            description = note + ("\n\n" + rec["Description"] if rec.get("Description") else "")
+            updates[rec["Id"]] = {"Status": "Completed", "Description": description[:TASK_TEXT_FIELDS["Description"]]}
+            summary.closed[rec["Id"]] = kept["Id"]
+    if updates:
+        stats = PushSummary(kind="task_repairs")
+        for rid, error in composite_update(sf, "Task", updates, policy, stats).items():
+            if error is not None:
+                summary.failed[rid] = f"{error[0]}: {error[1]}"
+                summary.closed.pop(rid, None)
+        if ledger is not None:
+            ledger.record_repairs(summary.closed, {rid: updates[rid]["Description"].split("\n", 1)[0] for rid in summary.closed})
+        record_task_ids(engine, kept_ids)
+    log.info("%s", summary.describe())
+    return summary
+
+
+def repair_duplicates(engine: sa.Engine, settings: Any, *, retry: RetryPolicy | None = None) -> RepairSummary:
+    """``churnflow sync --repair``: close duplicate churnflow tasks in the CRM (see :func:`repair_duplicates_with`)."""
+    tasks = intended_tasks(engine)
+    local = settings.crm == "local"
+    with local_crm(settings) if local else nullcontext():
+        sf = connect(settings, retry=retry)
+        return repair_duplicates_with(engine, sf, tasks, retry=retry, ledger=Ledger(engine))
 
 
 # --------------------------------------------------------------------------------------
@@ -206,41 +325,26 @@ class PlannedChange:
         return f"{self.sobject} {self.record} {self.field}: {old} → {self.new!r}"
 
 
-def _previous_updates(engine: sa.Engine, as_of: date) -> dict[str, dict[str, Any]]:
-    """Health payloads of the latest scored day before ``as_of`` (candidates for the last sent values)."""
-    if not table_exists(engine, "account_scores"):
-        return {}
-    day = datetime(as_of.year, as_of.month, as_of.day)
-    prev = read_sql(engine, "SELECT max(as_of_date) AS d FROM account_scores WHERE as_of_date < :d", {"d": day})
-    if prev.empty or pd.isna(prev["d"].iloc[0]):
-        return {}
-    d = pd.Timestamp(prev["d"].iloc[0]).to_pydatetime()
-    frame = read_sql(engine, "SELECT s.*, a.crm_account_id FROM account_scores s JOIN accounts a ON a.account_id = s.account_id "
-                     "WHERE s.as_of_date = :d AND a.crm_account_id IS NOT NULL", {"d": d})
-    return account_health_updates(frame, PushSummary(kind="account_health")) if len(frame) else {}
-
-
 def plan_changes(engine: sa.Engine, as_of: date, health: pd.DataFrame, tasks: pd.DataFrame,
-                 ledger: Ledger | None) -> tuple[list[PlannedChange], int, int]:
+                 ledger: Ledger | None, min_change: float = 1.0, min_trend: float = 3.0) -> tuple[list[PlannedChange], int, int]:
     """(changes, accounts that would be sent, tasks that would be sent); reads the warehouse only.
 
-    The ledger stores hashes, not values: an old value is shown when the previous day's
-    scores hash to what the ledger confirmed as sent (so they are what the CRM got).
+    The same rule as the push (:func:`crm_sync.push.is_unchanged`, :func:`crm_sync.push.is_older`);
+    old values come from the ledger's last confirmed state. Accounts the ledger does not
+    know count as sent (the push may still refuse some as older after reading the CRM).
     """
     changes: list[PlannedChange] = []
-    updates = account_health_updates(health, PushSummary(kind="account_health")) if len(health) else {}
-    hashes = {k: payload_hash(v) for k, v in updates.items()}
-    entries = ledger.entries("account_health", hashes) if ledger is not None and hashes else {}
-    previous = _previous_updates(engine, as_of) if entries else {}
+    rows = account_health_rows(health, PushSummary(kind="account_health")) if len(health) else {}
+    entries = ledger.entries("account_health", rows) if ledger is not None and rows else {}
     n_accounts = 0
-    for key, values in updates.items():
+    for key, row in rows.items():
         entry = entries.get(key)
-        if entry is not None and entry.status == "sent" and entry.sent_hash == hashes[key] and entry.crm_id:
+        if is_older(entry, row) or is_unchanged(entry, row, min_change, min_trend):
             continue
         n_accounts += 1
-        old = previous.get(key)
-        known = old is not None and entry is not None and entry.sent_hash == payload_hash(old)
-        for f, new in values.items():
+        old = entry.sent_state if entry is not None else None
+        for f, new in row.payload.items():
+            known = old is not None and f in old
             if known and _same(new, old.get(f)):  # type: ignore[union-attr]
                 continue
             changes.append(PlannedChange("Account", key, f, old.get(f) if known else None, new, known))  # type: ignore[union-attr]
@@ -252,9 +356,14 @@ def plan_changes(engine: sa.Engine, as_of: date, health: pd.DataFrame, tasks: pd
 
 
 def estimate_api_calls(n_accounts: int, n_tasks: int, n_owner_emails: int = 0, *,
-                       bulk_threshold: int = BULK_THRESHOLD) -> dict[str, int]:
-    """API calls a push of this size would take (login, lookups, writes), by step."""
+                       bulk_threshold: int = BULK_THRESHOLD, n_unverified: int = 0) -> dict[str, int]:
+    """API calls a push of this size would take (login, lookups, writes), by step.
+
+    ``n_unverified``: accounts the ledger has never confirmed; the push reads their score
+    as-of date from the CRM first (forward-only), one query per batch."""
     est: dict[str, int] = {"login": 1 if (n_accounts or n_tasks) else 0}
+    if n_unverified:
+        est["as_of_checks"] = math.ceil(n_unverified / LOOKUP_BATCH)
     if n_accounts:
         est["account_writes"] = BULK_JOB_CALLS if n_accounts >= bulk_threshold else math.ceil(n_accounts / COMPOSITE_BATCH)
     if n_tasks:

@@ -6,9 +6,13 @@ Why this module exists rather than a few ``sf.Account.update`` calls:
   connections, row locks) and simple-salesforce 1.12.10 retries none of them, so every call
   goes through :func:`call_with_retry` (bounded exponential backoff with jitter; re-login
   once on ``INVALID_SESSION_ID``, including for Bulk 2.0, which never refreshes itself).
-* A create whose response was lost may still have happened. Before a create is retried,
-  the records are looked up again by their ``Churnflow_Key__c``, so a retry never makes a
-  duplicate task.
+* A create whose response was lost may still have happened, or may still happen: Salesforce
+  keeps running a request whose client timed out. Before a create is retried, the records
+  are looked up again by their ``Churnflow_Key__c``; keys not found yet stay *in doubt* for
+  ``settle_seconds`` instead of being re-sent, so a late commit never makes a second task.
+* The CRM only moves forward, and only what changed is written: accounts whose score is
+  older than what the CRM holds are skipped, and accounts that did not change by the rule
+  in :func:`crm_sync.fields.material_change` cost no call (see :func:`push_account_health`).
 * Above ``bulk_threshold`` records the Bulk API 2.0 is used (one job instead of hundreds of
   calls); below it, composite sObject collections (200 records per call). Bulk row failures
   do not raise in simple-salesforce; they are read back and reported (or retried when the
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import quote_plus
@@ -45,9 +49,10 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from crm_sync.fields import is_missing, account_health_payload, fields_for
+from crm_sync.fields import (TASK_PRIORITY_VALUES, TASK_STATUS_VALUES, account_health_payload, change_state, fields_for, is_missing,
+                             material_change)
 from crm_sync.ids import to_id18
-from crm_sync.ledger import Ledger, payload_hash
+from crm_sync.ledger import Ledger, LedgerEntry, payload_hash
 from crm_sync.soql import soql_quote
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,8 @@ MAX_QUERY_URI = 12000
 #: Record-level error codes that are worth retrying: the same write later usually succeeds.
 TRANSIENT_ROW_ERRORS = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG", "QUERY_TIMEOUT"})
 TASK_TEXT_FIELDS = {"Subject": 255, "Description": 32000}
-TASK_PRIORITIES = ("High", "Normal", "Low")
-TASK_STATUSES = ("Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")
+TASK_PRIORITIES = tuple(v for v, _high, _default in TASK_PRIORITY_VALUES)
+TASK_STATUSES = tuple(v for v, _closed, _default in TASK_STATUS_VALUES)
 
 
 # --------------------------------------------------------------------------------------
@@ -75,6 +80,20 @@ class RecordFailure:
     key: str
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class RecordSkip:
+    """One record a push deliberately did not write, and why (named in the run summary)."""
+
+    key: str
+    reason: str  # "no crm id" | "older score" | "closed in CRM" | "no task key"
+    detail: str = ""
+    account: str | None = None  # the warehouse account_id, when known
+
+    def describe(self) -> str:
+        who = f"{self.account} ({self.key})" if self.account and self.account != self.key else self.key
+        return f"{who}: {self.reason}" + (f" - {self.detail}" if self.detail else "")
 
 
 @dataclass
@@ -92,13 +111,25 @@ class PushSummary:
     retries: int = 0
     mode: str = "none"
     ids: dict[str, str] = field(default_factory=dict)
+    skips: list[RecordSkip] = field(default_factory=list)
+    #: Creates whose outcome is unknown (the response was lost and the record has not shown up
+    #: yet): not re-sent until ``settle_seconds`` have passed, so a late commit never duplicates.
+    in_doubt: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
         return len(self.errors)
 
+    @property
+    def older(self) -> int:
+        return sum(1 for s in self.skips if s.reason == "older score")
+
     def fail(self, key: str, code: str, message: str) -> None:
         self.errors.append(RecordFailure(str(key), code, message))
+
+    def skip(self, key: str, reason: str, detail: str = "", account: str | None = None) -> None:
+        self.skipped += 1
+        self.skips.append(RecordSkip(str(key), reason, detail, account))
 
     def describe(self) -> str:
         text = (f"{self.kind}: {self.sent} sent via {self.mode}, {self.created} created, {self.updated} updated, "
@@ -108,6 +139,13 @@ class PushSummary:
             for e in self.errors:
                 codes[e.code] = codes.get(e.code, 0) + 1
             text += " (" + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())) + ")"
+        if self.skips:
+            reasons: dict[str, int] = {}
+            for skip in self.skips:
+                reasons[skip.reason] = reasons.get(skip.reason, 0) + 1
+            text += "; skipped: " + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
+        if self.in_doubt:
+            text += f"; {len(self.in_doubt)} create(s) in doubt (response lost; checked again before any re-send)"
         return text
 
 
@@ -158,6 +196,19 @@ def is_retryable(exc: BaseException) -> bool:
         return "REQUEST_LIMIT_EXCEEDED" in _content_codes(exc)
     if isinstance(exc, SalesforceGeneralError):
         return exc.status >= 500
+    return False
+
+
+def is_ambiguous(exc: BaseException) -> bool:
+    """May Salesforce have applied a request that failed this way? (Then a create must not be
+    blindly re-sent.) A read timeout, a connection dropped after sending, a 500/502/504 may
+    hide a commit; a refused connection, a 503, a 401 or a request limit never do."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(exc, requests.exceptions.SSLError):
+        return False
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+        return True
+    if isinstance(exc, SalesforceGeneralError):
+        return exc.status >= 500 and exc.status != 503
     return False
 
 
@@ -437,9 +488,10 @@ def _ledgered(ledger: Ledger | None, summary: PushSummary) -> Iterator[Callable[
     """Yield ``intend(hashes)``; on exit (also on an exception) record every intended record's outcome."""
     intended: set[str] = set()
 
-    def intend(hashes: dict[str, str]) -> None:
+    def intend(hashes: dict[str, str], states: dict[str, dict[str, Any]] | None = None,
+               as_of: dict[str, date] | None = None) -> None:
         if ledger is not None and hashes:
-            ledger.record_intents(summary.kind, hashes)
+            ledger.record_intents(summary.kind, hashes, states=states, as_of=as_of)
             intended.update(hashes)
 
     try:
@@ -448,8 +500,9 @@ def _ledgered(ledger: Ledger | None, summary: PushSummary) -> Iterator[Callable[
         if ledger is not None:
             failed = {e.key: f"{e.code}: {e.message}" for e in summary.errors}
             sent = {k: v for k, v in summary.ids.items() if k in intended and v and k not in failed}
+            doubt = {k: v for k, v in summary.in_doubt.items() if k not in sent and k not in failed}
             try:
-                ledger.record_outcomes(summary.kind, sent, {k: v for k, v in failed.items()})
+                ledger.record_outcomes(summary.kind, sent, failed, doubt)
             except Exception:  # never mask the push's own exception; the intents stay for the next run
                 log.exception("could not record CRM outcomes in the ledger")
 
@@ -458,76 +511,197 @@ def _ledgered(ledger: Ledger | None, summary: PushSummary) -> Iterator[Callable[
 # Account health
 # --------------------------------------------------------------------------------------
 ACCOUNT_HEALTH_COLUMNS = ("crm_account_id", "health_score", "band", "p_churn", "health_change_30d",
-                          "top_drivers_text", "arr_at_risk", "scored_at")
+                          "top_drivers_text", "arr_at_risk", "scored_at", "as_of_date")
+#: The Account field holding the as-of date of the score shown (declared in fields.py).
+AS_OF_FIELD = next(f.api_name for f in fields_for("Account") if f.source == "as_of_date")
 
 
-def account_health_updates(frame: pd.DataFrame, summary: PushSummary) -> dict[str, dict[str, Any]]:
-    """crm_account_id -> Account field values; rows that cannot be converted are reported as failed."""
+@dataclass(frozen=True)
+class HealthRow:
+    """One account's health as the push sees it: what to write, what decides a change, which day."""
+
+    key: str
+    account: str | None
+    payload: dict[str, Any]
+    state: dict[str, Any]
+    as_of: date | None
+
+
+def _day(value: Any) -> date | None:
+    if is_missing(value):
+        return None
+    if isinstance(value, str):
+        return date.fromisoformat(value[:10])
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return pd.Timestamp(value).date()
+
+
+def account_health_rows(frame: pd.DataFrame, summary: PushSummary) -> dict[str, HealthRow]:
+    """crm_account_id -> the account's health row; rows without a crm id are skipped (named), rows
+    that cannot be converted are reported as failed."""
     missing = [c for c in ACCOUNT_HEALTH_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"account health frame lacks columns {missing}")
-    updates: dict[str, dict[str, Any]] = {}
+    rows: dict[str, HealthRow] = {}
     for row in frame.to_dict("records"):
         key = row.get("crm_account_id")
+        account = None if is_missing(row.get("account_id")) else str(row["account_id"])
         if is_missing(key) or not str(key).strip():
-            summary.skipped += 1
+            summary.skip(account or "?", "no crm id", "accounts.crm_account_id is empty: the account has no CRM record to write to", account)
             continue
         key = str(key).strip()
         try:
             payload = account_health_payload(row)
+            state = change_state(row)
+            as_of = _day(row.get("as_of_date"))
         except (ValueError, TypeError) as exc:
             summary.fail(key, "INVALID_INPUT", str(exc))
             continue
-        if key in updates:
+        if key in rows:
             log.warning("account %s appears twice in the health frame; the last row wins", key)
-        updates[key] = payload
-    return updates
+        rows[key] = HealthRow(key, account, payload, state, as_of)
+    return rows
+
+
+def account_health_updates(frame: pd.DataFrame, summary: PushSummary) -> dict[str, dict[str, Any]]:
+    """crm_account_id -> Account field values; rows that cannot be converted are reported as failed."""
+    return {key: row.payload for key, row in account_health_rows(frame, summary).items()}
+
+
+def is_unchanged(entry: LedgerEntry | None, row: HealthRow, min_change: float, min_trend: float = 3.0) -> bool:
+    """Does the CRM already hold this account's health, as far as a CSM can tell? (Confirmed by
+    the ledger; the rule itself is :func:`crm_sync.fields.material_change`.)"""
+    if entry is None or entry.status != "sent" or not entry.crm_id:
+        return False
+    if entry.sent_state is not None:
+        return not material_change(entry.sent_state, row.state, min_change, min_trend)
+    return entry.sent_hash == payload_hash(row.payload)  # a ledger row from before change states
+
+
+def is_older(entry: LedgerEntry | None, row: HealthRow) -> bool:
+    """Is this score older than what the CRM holds or a run already found unchanged?"""
+    return entry is not None and row.as_of is not None and entry.seen_as_of is not None and row.as_of < entry.seen_as_of
+
+
+class AccountResolver:
+    """crm_account_id -> Salesforce Account Id, for one run.
+
+    With ``match_field="Id"`` the crm id is the Id (normalised to 18 characters, no call).
+    With an external-id field, one SOQL query per batch of ids resolves them, and the
+    answers are cached for the run, so the health push and the task push (WhatId must be an
+    Id) share them. The query also reads the Account's score as-of date, which the push
+    needs anyway to refuse older scores.
+    """
+
+    def __init__(self, sf: Salesforce, match_field: str = "Id", policy: RetryPolicy = DEFAULT_RETRY) -> None:
+        if match_field.lower() != "id" and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", match_field):
+            raise ValueError(f"match_field {match_field!r} is not a Salesforce field name")
+        self.sf = sf
+        self.match_field = "Id" if match_field.lower() == "id" else match_field
+        self.policy = policy
+        self.ids: dict[str, str | None] = {}
+        self.errors: dict[str, tuple[str, str]] = {}
+        self.crm_as_of: dict[str, date | None] = {}  # Account Id -> its Churnflow_Score_As_Of__c
+        self.queries = 0
+
+    def resolve(self, keys: list[str], stats: PushSummary | None = None) -> dict[str, str | None]:
+        """Account Id per key (None: not found / malformed; the reason is in ``errors``)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self.ids]
+        if self.match_field == "Id":
+            for key in todo:
+                rid = to_id18(key)
+                if rid is None or not rid.startswith("001"):
+                    self.ids[key] = None
+                    self.errors[key] = ("MALFORMED_ID", f"Account ID: id value of incorrect type: {key}")
+                else:
+                    self.ids[key] = rid
+        elif todo:
+            found: dict[str, list[str]] = {}
+            for soql in in_clause_queries(self.sf, f"SELECT Id, {self.match_field}, {AS_OF_FIELD} FROM Account", self.match_field, todo):
+                self.queries += 1
+                for rec in query_all(self.sf, soql, self.policy, stats):
+                    found.setdefault(str(rec[self.match_field]).lower(), []).append(rec["Id"])
+                    self.crm_as_of[rec["Id"]] = _day(rec.get(AS_OF_FIELD))
+            for key in todo:
+                matches = found.get(key.lower(), [])
+                self.ids[key] = matches[0] if len(matches) == 1 else None
+                if not matches:
+                    self.errors[key] = ("NOT_FOUND", f"no Account with {self.match_field} = {key}")
+                elif len(matches) > 1:
+                    self.errors[key] = ("DUPLICATE_EXTERNAL_ID", f"{len(matches)} Accounts have {self.match_field} = {key}: {matches}")
+        return {k: self.ids[k] for k in keys}
+
+    def score_as_of(self, account_ids: list[str], stats: PushSummary | None = None) -> dict[str, date | None]:
+        """The CRM's score as-of date of these Accounts (read once per run, batched)."""
+        todo = [rid for rid in dict.fromkeys(account_ids) if rid not in self.crm_as_of]
+        for soql in in_clause_queries(self.sf, f"SELECT Id, {AS_OF_FIELD} FROM Account", "Id", todo):
+            self.queries += 1
+            for rec in query_all(self.sf, soql, self.policy, stats):
+                self.crm_as_of[rec["Id"]] = _day(rec.get(AS_OF_FIELD))
+        return {rid: self.crm_as_of.get(rid) for rid in account_ids}
 
 
 def push_account_health(sf: Salesforce, frame: pd.DataFrame, *, match_field: str = "Id",
                         bulk_threshold: int = BULK_THRESHOLD, retry: RetryPolicy | None = None,
-                        poll_interval: float = 0.25, ledger: Ledger | None = None) -> PushSummary:
+                        poll_interval: float = 0.25, ledger: Ledger | None = None,
+                        resolver: AccountResolver | None = None, min_change: float = 1.0, min_trend: float = 3.0) -> PushSummary:
     """Write churnflow's health fields onto the Accounts in ``frame`` (matched by ``crm_account_id``).
 
     ``match_field`` is the Account field ``crm_account_id`` holds: ``Id`` or an external
-    id field (resolved to Ids with SOQL first). Rows without a crm_account_id are skipped;
-    empty values (NaN) clear the field in Salesforce. Accounts not found are reported.
-    With a ``ledger``, accounts whose values equal the last confirmed write are not sent,
-    and intents/outcomes are recorded (see :mod:`crm_sync.ledger`).
+    id field (resolved to Ids with SOQL first, see :class:`AccountResolver`). Rows without
+    a crm_account_id are skipped and named; empty values (NaN) clear the field in
+    Salesforce. Accounts not found are reported as failed.
+
+    The CRM only moves forward: an account whose ledger (or, when the ledger does not know
+    it, whose CRM record) holds a score as of a later day is skipped as "older score". With
+    a ``ledger``, an account whose values did not change materially since the last
+    confirmed write (:func:`crm_sync.fields.material_change` with ``min_change`` health
+    points and ``min_trend`` trend points) costs no call; intents and outcomes are recorded (see :mod:`crm_sync.ledger`).
     """
     policy = retry or DEFAULT_RETRY
     summary = PushSummary(kind="account_health")
     with count_requests(sf.session) as calls, _ledgered(ledger, summary) as intend:
-        updates = account_health_updates(frame, summary)
-        if ledger is not None:
-            hashes = {key: payload_hash(values) for key, values in updates.items()}
-            for key, entry in ledger.unchanged(summary.kind, hashes).items():
+        rows = account_health_rows(frame, summary)
+        entries = ledger.entries(summary.kind, rows) if ledger is not None and rows else {}
+        unchanged_by_day: dict[date, list[str]] = {}
+        for key, row in list(rows.items()):
+            entry = entries.get(key)
+            if is_older(entry, row):
+                summary.skip(key, "older score", f"score as of {row.as_of}; churnflow already wrote or confirmed the score as of {entry.seen_as_of}",  # type: ignore[union-attr]
+                             row.account)
+                del rows[key]
+            elif is_unchanged(entry, row, min_change, min_trend):
                 summary.unchanged += 1
-                summary.ids[key] = entry.crm_id or ""
-                del updates[key]
-            intend({k: hashes[k] for k in updates})
+                summary.ids[key] = entry.crm_id or ""  # type: ignore[union-attr]
+                if row.as_of is not None:
+                    unchanged_by_day.setdefault(row.as_of, []).append(key)
+                del rows[key]
+        if ledger is not None:
+            for day, keys in unchanged_by_day.items():
+                ledger.mark_seen(summary.kind, keys, day)
+        resolver = resolver or AccountResolver(sf, match_field, policy)
         by_id: dict[str, str] = {}  # Salesforce Id -> caller key
-        if match_field.lower() == "id":
-            for key in updates:
-                rid = to_id18(key)
-                if rid is None or not rid.startswith("001"):
-                    summary.fail(key, "MALFORMED_ID", f"Account ID: id value of incorrect type: {key}")
-                else:
-                    by_id[rid] = key
-        else:
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", match_field):
-                raise ValueError(f"match_field {match_field!r} is not a Salesforce field name")
-            found: dict[str, str] = {}
-            for soql in in_clause_queries(sf, f"SELECT Id, {match_field} FROM Account", match_field, list(updates)):
-                for rec in query_all(sf, soql, policy, summary):
-                    found[str(rec[match_field]).lower()] = rec["Id"]
-            for key in updates:
-                rid = found.get(key.lower())
-                if rid is None:
-                    summary.fail(key, "NOT_FOUND", f"no Account with {match_field} = {key}")
-                else:
-                    by_id[rid] = key
-        payloads = {rid: updates[key] for rid, key in by_id.items()}
+        for key, rid in resolver.resolve(list(rows), summary).items():
+            if rid is None:
+                summary.fail(key, *resolver.errors[key])
+            else:
+                by_id[rid] = key
+        # Accounts the ledger has never confirmed: the CRM itself says how new its score is.
+        unknown = [rid for rid, key in by_id.items() if entries.get(key) is None or entries[key].sent_as_of is None]
+        if unknown:
+            for rid, crm_day in resolver.score_as_of(unknown, summary).items():
+                row = rows[by_id[rid]]
+                if crm_day is not None and row.as_of is not None and row.as_of < crm_day:
+                    summary.skip(row.key, "older score", f"score as of {row.as_of}; the CRM holds the score as of {crm_day}", row.account)
+                    del by_id[rid]
+        if ledger is not None:
+            sending = [by_id[rid] for rid in by_id]
+            intend({k: payload_hash(rows[k].payload) for k in sending}, {k: rows[k].state for k in sending},
+                   {k: rows[k].as_of for k in sending if rows[k].as_of is not None})
+        payloads = {rid: rows[key].payload for rid, key in by_id.items()}
         summary.sent = len(payloads)
         if payloads and len(payloads) >= bulk_threshold:
             summary.mode = "bulk"
@@ -635,23 +809,49 @@ def _task_text(value: Any, limit: int) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def find_tasks(sf: Salesforce, keys: list[str], policy: RetryPolicy, summary: PushSummary | None = None) -> dict[str, dict[str, Any]]:
-    """Existing tasks (deleted ones included) by Churnflow_Key__c; the oldest wins if a key repeats."""
-    found: dict[str, dict[str, Any]] = {}
+#: Start of the Description of a duplicate task closed by ``churnflow sync --repair``.
+REPAIR_NOTE = "[churnflow] Closed as a duplicate of"
+
+
+def kept_task(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which of several tasks with one key is *the* task (records oldest first).
+
+    Not one ``sync --repair`` closed as a duplicate; among those, an open one a person has
+    started working on, else the oldest open one, else the oldest. The push, reconcile and
+    repair all use this rule, so they agree on which records are the extras.
+    """
+    live = [r for r in records if not r.get("IsDeleted")] or records
+    real = [r for r in live if not str(r.get("Description") or "").startswith(REPAIR_NOTE)] or live
+    open_ = [r for r in real if not r.get("IsClosed")]
+    worked = [r for r in open_ if r.get("Status") != "Not Started"]
+    return (worked or open_ or real)[0]
+
+
+def find_task_records(sf: Salesforce, keys: list[str], policy: RetryPolicy, summary: PushSummary | None = None,
+                      *, include_deleted: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Every Task per Churnflow_Key__c, oldest first (deleted ones included unless told)."""
+    found: dict[str, list[dict[str, Any]]] = {}
     for soql in in_clause_queries(sf, f"SELECT {_TASK_FIELDS} FROM Task", "Churnflow_Key__c", keys, "ORDER BY CreatedDate"):
-        for rec in query_all(sf, soql, policy, summary, include_deleted=True):
-            key = rec["Churnflow_Key__c"]
-            if key in found:
-                if not found[key].get("IsDeleted"):
-                    log.warning("task key %s exists more than once in Salesforce; using %s", key, found[key]["Id"])
-                    continue
-            found[key] = rec
+        for rec in query_all(sf, soql, policy, summary, include_deleted=include_deleted):
+            found.setdefault(rec["Churnflow_Key__c"], []).append(rec)
     return found
+
+
+def find_tasks(sf: Salesforce, keys: list[str], policy: RetryPolicy, summary: PushSummary | None = None) -> dict[str, dict[str, Any]]:
+    """The task of each key that exists in Salesforce (deleted ones included), see :func:`kept_task`."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, records in find_task_records(sf, keys, policy, summary).items():
+        if sum(1 for r in records if not r.get("IsDeleted") and not str(r.get("Description") or "").startswith(REPAIR_NOTE)) > 1:
+            log.warning("task key %s exists %d times in Salesforce: `churnflow sync --reconcile` lists the extras, "
+                        "`churnflow sync --repair` closes them", key, len(records))
+        out[key] = kept_task(records)
+    return out
 
 
 def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BULK_THRESHOLD,
                retry: RetryPolicy | None = None, default_owner_id: str | None = None,
-               poll_interval: float = 0.25, ledger: Ledger | None = None) -> PushSummary:
+               poll_interval: float = 0.25, ledger: Ledger | None = None, match_field: str = "Id",
+               resolver: AccountResolver | None = None, settle_seconds: float = 600.0) -> PushSummary:
     """Create churnflow's outreach tasks in Salesforce exactly once, and keep them current.
 
     Tasks are identified by ``Churnflow_Key__c`` (= ``task_key``): existing ones are looked
@@ -662,9 +862,17 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
     default), a row whose email matches no active user fails. ``summary.ids`` maps every
     task_key that exists in Salesforce after the push to its Task Id. With a ``ledger``,
     rows identical to the last confirmed push are skipped without any API call.
+
+    ``crm_account_id`` holds ``match_field`` of the Account; another field than Id is
+    resolved to the Account Id (WhatId must be an Id) by ``resolver``, shared with the
+    health push of the same run. A create whose response was lost (timeout, dropped
+    connection, 5xx) may still commit later: its keys are looked up before any re-send, and
+    keys not found yet stay *in doubt* (not re-created, recorded in the ledger) until
+    ``settle_seconds`` after the lost send, so a late commit never makes a second task.
     """
     policy = retry or DEFAULT_RETRY
     summary = PushSummary(kind="tasks")
+    resolver = resolver or AccountResolver(sf, match_field, policy)
     missing_cols = [c for c in TASK_COLUMNS if c not in frame.columns]
     if missing_cols:
         raise ValueError(f"tasks frame lacks columns {missing_cols}")
@@ -673,7 +881,7 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
         for row in frame.to_dict("records"):
             key = row.get("task_key")
             if is_missing(key) or not str(key).strip():
-                summary.skipped += 1
+                summary.skip("?", "no task key", "outreach task without task_key", None if is_missing(row.get("account_id")) else str(row.get("account_id")))
                 continue
             rows[str(key)] = row
         hashes = {k: payload_hash({c: r.get(c) for c in TASK_COLUMNS}) for k, r in rows.items()}
@@ -686,21 +894,37 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
         owner_emails = {k: str(r["owner_email"]).strip().lower() for k, r in rows.items() if not is_missing(r.get("owner_email"))}
         owners = resolve_owners(sf, list(owner_emails.values()), policy, summary) if owner_emails else {}
         key_len = next(f.length for f in fields_for("Task") if f.api_name == "Churnflow_Key__c") or 80
+        what_ids: dict[str, str | None] = {}
+        if resolver.match_field != "Id":
+            crm_ids = [str(r["crm_account_id"]).strip() for r in rows.values() if not is_missing(r.get("crm_account_id"))]
+            what_ids = resolver.resolve(crm_ids, summary)
         for key, row in rows.items():
             try:
                 if len(key) > key_len:
                     raise ValueError(f"task_key longer than {key_len} characters")
-                if is_missing(row.get("crm_account_id")):
-                    raise ValueError("no crm_account_id: the task has no Account to attach to")
+                if is_missing(row.get("crm_account_id")) or not str(row["crm_account_id"]).strip():
+                    # Like its account's health: not a rejection, named in the summary every run.
+                    summary.skip(key, "no crm id", "the task's account has no crm_account_id: no Account to attach it to",
+                                 None if is_missing(row.get("account_id")) else str(row.get("account_id")))
+                    continue
                 priority = "Normal" if is_missing(row.get("priority")) else str(row["priority"])
                 status = "Not Started" if is_missing(row.get("status")) else str(row["status"])
                 if priority not in TASK_PRIORITIES:
                     raise ValueError(f"priority {priority!r} is not one of {TASK_PRIORITIES}")
                 if status not in TASK_STATUSES:
                     raise ValueError(f"status {status!r} is not one of {TASK_STATUSES}")
+                crm_id = str(row["crm_account_id"]).strip()
+                if resolver.match_field == "Id":
+                    what_id = to_id18(crm_id) or crm_id  # a malformed id is Salesforce's to reject
+                else:
+                    what_id = what_ids.get(crm_id)
+                    if what_id is None:
+                        code, message = resolver.errors.get(crm_id, ("NOT_FOUND", f"no Account with {resolver.match_field} = {crm_id}"))
+                        summary.fail(key, code, f"task's Account: {message}")
+                        continue
                 values: dict[str, Any] = {
                     "Churnflow_Key__c": key,
-                    "WhatId": to_id18(str(row["crm_account_id"]).strip()) or str(row["crm_account_id"]).strip(),
+                    "WhatId": what_id,
                     "Subject": _task_text(row.get("subject"), TASK_TEXT_FIELDS["Subject"]),
                     "Description": _task_text(row.get("description"), TASK_TEXT_FIELDS["Description"]),
                     "Priority": priority,
@@ -720,9 +944,20 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
                 values["OwnerId"] = default_owner_id
             desired[key] = values
 
+        doubted = {k: e for k, e in ledger.entries(summary.kind, desired).items() if e.status == "in_doubt"} if ledger is not None and desired else {}
         intend({k: hashes[k] for k in desired})
         existing = find_tasks(sf, list(desired), policy, summary) if desired else {}
-        to_create = [k for k in desired if k not in existing]
+        to_create = []
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        for key in desired:
+            if key in existing:
+                continue
+            entry = doubted.get(key)
+            since = pd.Timestamp(entry.updated_at).to_pydatetime() if entry is not None and entry.updated_at is not None else None
+            if since is not None and (now - since).total_seconds() < settle_seconds:
+                summary.in_doubt[key] = entry.error or "an earlier create's response was lost"  # type: ignore[union-attr]
+                continue  # a lost create may still commit: wait for it rather than duplicate
+            to_create.append(key)
         to_update: dict[str, dict[str, Any]] = {}
         for key in desired:
             rec = existing.get(key)
@@ -730,7 +965,8 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
                 continue
             summary.ids[key] = rec["Id"]
             if rec.get("IsDeleted") or rec.get("IsClosed"):
-                summary.skipped += 1
+                summary.skip(key, "closed in CRM", "deleted" if rec.get("IsDeleted") else f"status {rec.get('Status')}",
+                             None if is_missing(rows[key].get("account_id")) else str(rows[key].get("account_id")))
                 continue
             changes = {f: desired[key][f] for f in TASK_SYNCED_FIELDS if _differs(rec.get(f), desired[key].get(f))}
             if changes:
@@ -744,7 +980,7 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
             if use_bulk:
                 _bulk_create_tasks(sf, {k: desired[k] for k in to_create}, policy, summary, poll_interval)
             else:
-                _composite_create_tasks(sf, {k: desired[k] for k in to_create}, policy, summary)
+                _composite_create_tasks(sf, {k: desired[k] for k in to_create}, policy, summary, settle_seconds)
         if to_update:
             keys_by_id = {existing[k]["Id"]: k for k in desired if k in existing}
             if use_bulk:
@@ -766,15 +1002,24 @@ def _differs(current: Any, wanted: Any) -> bool:
     return current != wanted
 
 
-def _composite_create_tasks(sf: Salesforce, payloads: dict[str, dict[str, Any]], policy: RetryPolicy, summary: PushSummary) -> None:
-    """Create tasks 200 per call; before any retry, keys that now exist are taken as created."""
+def _composite_create_tasks(sf: Salesforce, payloads: dict[str, dict[str, Any]], policy: RetryPolicy, summary: PushSummary,
+                            settle_seconds: float = 600.0) -> None:
+    """Create tasks 200 per call; before any retry, keys that now exist are taken as created.
+
+    When a create failed ambiguously (the request may have been applied, see
+    :func:`is_ambiguous`), a key the lookup does not find may still be committing on the
+    server: it is re-sent only once ``settle_seconds`` have passed since that send,
+    otherwise left in doubt for a later run (``summary.in_doubt``).
+    """
     pending = list(payloads)
     for round_no in range(policy.attempts):
         transient: list[str] = []
         for chunk in _chunks(pending, COMPOSITE_BATCH):
+            lost: dict[str, float] = {}  # when a send of this chunk ended ambiguously
 
-            def send(attempt: int, chunk: list[str] = chunk) -> list[tuple[str, dict[str, Any]]]:
+            def send(attempt: int, chunk: list[str] = chunk, lost: dict[str, float] = lost) -> list[tuple[str, dict[str, Any]]]:
                 todo = chunk
+                done: list[tuple[str, dict[str, Any]]] = []
                 if attempt > 0:  # the previous try may have been applied: never create twice
                     # One try only: the enclosing call_with_retry already retries this whole step.
                     found = find_tasks(sf, chunk, _ONCE, summary)
@@ -783,16 +1028,25 @@ def _composite_create_tasks(sf: Salesforce, payloads: dict[str, dict[str, Any]],
                             summary.ids[key] = found[key]["Id"]
                     todo = [k for k in chunk if k not in found]
                     done = [(k, {"success": True, "id": found[k]["Id"], "errors": []}) for k in chunk if k in found]
+                    if todo and "at" in lost and time.monotonic() - lost["at"] < settle_seconds:
+                        why = f"create sent, response lost ({lost['why']}); not found yet, re-checked before any re-send"
+                        done += [(k, {"success": None, "in_doubt": why}) for k in todo]
+                        return done
                     if not todo:
                         return done
-                else:
-                    done = []
                 body = {"allOrNone": False, "records": [{"attributes": {"type": "Task"}, **{f: v for f, v in payloads[k].items() if v is not None}} for k in todo]}
-                results = sf.restful("composite/sobjects", method="POST", json=body) or []
+                try:
+                    results = sf.restful("composite/sobjects", method="POST", json=body) or []
+                except Exception as exc:
+                    if is_ambiguous(exc):
+                        lost.update(at=time.monotonic(), why=_describe_exc(exc))
+                    raise
                 return done + list(zip(todo, results, strict=True))
 
             for key, result in call_with_retry(sf, send, f"composite create of {len(chunk)} Task", policy, summary):
-                if result.get("success"):
+                if result.get("in_doubt"):
+                    summary.in_doubt[key] = result["in_doubt"]
+                elif result.get("success"):
                     summary.created += 1
                     summary.ids[key] = result["id"]
                 else:

@@ -4,6 +4,11 @@
 warehouse, pushes them with :mod:`crm_sync.push`, and stores the Task Ids it got back so
 the next run does not send those tasks again. In local mode it also makes sure the local
 org knows the warehouse's accounts and their owners (a real org already does).
+
+Nothing is silent: every account a run does not write is named with the reason (no crm
+id, older score), and records Salesforce rejected make :func:`sync_crm` raise
+:class:`CrmSyncFailed` once everything else is written and recorded, so the flow run
+fails and its notifications fire.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.ledger import Ledger
 from crm_sync.local_server import LocalSalesforce
-from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, PushSummary, RetryPolicy, in_clause_queries, push_account_health,
-                           push_tasks, query_all)
+from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, AccountResolver, PushSummary, RecordFailure, RecordSkip, RetryPolicy,
+                           in_clause_queries, push_account_health, push_tasks, query_all)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,31 @@ class SyncSummary:
     statuses_changed: int = 0
     changes: list[Any] = field(default_factory=list)  # dry run: crm_sync.ops.PlannedChange
     api_estimate: dict[str, int] = field(default_factory=dict)  # dry run: calls the push would take
+    account_of: dict[str, str] = field(default_factory=dict)  # crm_account_id -> account_id, to name rejected accounts
+
+    @property
+    def failures(self) -> list[RecordFailure]:
+        """Every record Salesforce (or churnflow's own checks) rejected in this run."""
+        return [e for s in (self.accounts, self.tasks) if s is not None for e in s.errors]
+
+    @property
+    def skips(self) -> list[RecordSkip]:
+        """Every record deliberately not written, with the reason."""
+        return [k for s in (self.accounts, self.tasks) if s is not None for k in s.skips]
+
+    def skipped_lines(self) -> list[str]:
+        """One line per account or task not written (skipped, rejected or in doubt) and why."""
+        lines: list[str] = []
+        for push in (self.accounts, self.tasks):
+            if push is None:
+                continue
+            what = "account" if push.kind == "account_health" else "task"
+            lines += [f"{what} {skip.describe()}" for skip in push.skips]
+            named = self.account_of if push.kind == "account_health" else {}
+            lines += [f"{what} {named[e.key] + ' (' + e.key + ')' if e.key in named else e.key}: rejected - {e.code}: {e.message}"
+                      for e in push.errors]
+            lines += [f"{what} {key}: in doubt - {why}" for key, why in push.in_doubt.items()]
+        return lines
 
     def describe(self) -> str:
         if self.dry_run:
@@ -56,14 +86,27 @@ class SyncSummary:
         return f"as of {self.as_of}: " + ("; ".join(parts) if parts else "nothing to push")
 
 
+class CrmSyncFailed(RuntimeError):
+    """Salesforce rejected records: the run wrote what it could, recorded everything, and fails
+    loudly (the CLI exits non-zero, the Prefect task and flow fail and notify)."""
+
+    def __init__(self, summary: SyncSummary) -> None:
+        self.summary = summary
+        failures = summary.failures
+        first = "; ".join(f"{e.key}: {e.code} {e.message}"[:200] for e in failures[:5])
+        super().__init__(f"CRM sync as of {summary.as_of}: {len(failures)} record(s) rejected (first: {first}). "
+                         f"{summary.describe()}. Fix the cause, then `churnflow sync --retry-failed`.")
+
+
 def load_account_health(engine: sa.Engine, as_of: date) -> pd.DataFrame:
     """The day's account_scores rows with the accounts' crm_account_id."""
     if not table_exists(engine, "account_scores"):
         return pd.DataFrame(columns=["account_id", "crm_account_id"])
+    # Accounts without a crm id are kept: the push names them as skipped instead of dropping them silently.
     return read_sql(
         engine,
         "SELECT s.*, a.crm_account_id FROM account_scores s JOIN accounts a ON a.account_id = s.account_id "
-        "WHERE s.as_of_date = :d AND a.crm_account_id IS NOT NULL",
+        "WHERE s.as_of_date = :d",
         {"d": datetime(as_of.year, as_of.month, as_of.day)},
     )
 
@@ -83,7 +126,8 @@ def _user_record(email: str) -> dict[str, Any]:
             "LastName": (parts[-1] if parts else local).title(), "IsActive": True}
 
 
-def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesforce | None, extra_emails: list[str]) -> int:
+def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesforce | None, extra_emails: list[str],
+                         match_field: str = "Id") -> int:
     """Make the local org hold every warehouse account (by its crm_account_id) and owner user.
 
     Idempotent: existing records are left untouched. Goes through the server object when
@@ -101,6 +145,9 @@ def mirror_book_to_local(engine: sa.Engine, sf: Salesforce, server: LocalSalesfo
         return list(response.json()["ids"])
 
     user_ids = dict(zip(emails, seed("User", [_user_record(e) for e in emails]), strict=True)) if emails else {}
+    if match_field.lower() != "id":  # crm ids are another field's values, not Ids: the org must hold the accounts already
+        log.info("accounts are matched by %s: only owners are mirrored into the local CRM", match_field)
+        return 0
     records = [
         {"Id": r.crm_account_id, "Name": str(r.name)[:255],
          **({"OwnerId": user_ids[r.owner_email.lower()]} if isinstance(r.owner_email, str) and r.owner_email.lower() in user_ids else {})}
@@ -117,22 +164,33 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
     """Push account health rows and tasks, store the Task Ids returned: shared by sync and retry."""
     from churnflow.outreach import record_task_ids
 
+    # One resolver per run: accounts matched by an external id are looked up once, for both pushes.
+    resolver = AccountResolver(sf, settings.sf_account_match_field, retry or DEFAULT_RETRY)
+    if len(health) and hasattr(summary, "account_of"):
+        known = health.dropna(subset=["crm_account_id"])
+        summary.account_of.update(zip(known["crm_account_id"].astype(str).str.strip(), known["account_id"].astype(str), strict=True))
     if len(health):
         summary.accounts = push_account_health(sf, health, match_field=settings.sf_account_match_field, ledger=ledger,
-                                               retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval)
+                                               retry=retry, bulk_threshold=bulk_threshold, poll_interval=poll_interval,
+                                               resolver=resolver, min_change=settings.crm_min_health_change,
+                                               min_trend=settings.crm_min_trend_change)
     if len(tasks):
         summary.tasks = push_tasks(sf, tasks, ledger=ledger, retry=retry, bulk_threshold=bulk_threshold,
-                                   poll_interval=poll_interval)
+                                   poll_interval=poll_interval, resolver=resolver,
+                                   settle_seconds=settings.crm_task_settle_seconds)
         record_task_ids(engine, {k: v for k, v in summary.tasks.ids.items() if v})
 
 
 def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = False, use_ledger: bool = True,
              retry: RetryPolicy | None = None, bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25,
-             accounts: list[str] | None = None) -> SyncSummary:
+             accounts: list[str] | None = None, timeout: float | tuple[float, float] | None = None) -> SyncSummary:
     """Push the day's health fields and all pending tasks; store the Task Ids returned.
 
     The intent ledger (table ``crm_sync_ledger``) makes the push a delta (unchanged
-    accounts are not sent again) and lets a crashed run resume without duplicates.
+    accounts are not sent again), refuses scores older than what the CRM holds, and lets a
+    crashed run resume without duplicates. Raises :class:`CrmSyncFailed` (carrying the
+    summary) when Salesforce rejected any record, after everything else was written.
+    ``timeout`` overrides the client's (connect, read) timeout in seconds.
     """
     from churnflow.outreach import record_task_ids
 
@@ -147,26 +205,33 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
         from crm_sync.ops import estimate_api_calls, plan_changes
 
         ledger = Ledger.existing(engine) if use_ledger else None
-        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger)
+        summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger, settings.crm_min_health_change,
+                                                                  settings.crm_min_trend_change)
         summary.planned["accounts"] = n_accounts
         emails = {str(e).strip().lower() for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()}
-        summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold)
+        unverified = len({c.record for c in summary.changes if c.sobject == "Account" and not c.old_known})
+        summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold,
+                                                  n_unverified=unverified)
         log.info("%s", summary.describe())
         return summary
     ledger = Ledger(engine) if use_ledger else None
     local = settings.crm == "local"
     with local_crm(settings) if local else nullcontext() as server:
-        sf = connect(settings)
+        sf = connect(settings, retry=retry, **({"timeout": timeout} if timeout is not None else {}))
         if local:
             emails = [e for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()]
             try:
-                mirror_book_to_local(engine, sf, server, emails)
+                mirror_book_to_local(engine, sf, server, emails, settings.sf_account_match_field)
             except (requests.RequestException, ValueError) as exc:
                 log.warning("could not mirror warehouse accounts into the local CRM: %s", exc)
         push_health_and_tasks(engine, sf, settings, health, tasks, summary, ledger=ledger, retry=retry,
                               bulk_threshold=bulk_threshold, poll_interval=poll_interval)
         summary.statuses_changed = refresh_task_status(engine, sf, retry or DEFAULT_RETRY)
     log.info("crm sync %s", summary.describe())
+    for line in summary.skipped_lines():
+        log.info("crm sync: %s", line)
+    if summary.failures:
+        raise CrmSyncFailed(summary)
     return summary
 
 

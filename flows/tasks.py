@@ -25,6 +25,7 @@ from datetime import date, datetime
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -225,9 +226,34 @@ def decide_outreach(settings: Settings, as_of: date, scores: pd.DataFrame, featu
     return new
 
 
-@task(name="sync-crm", cache_policy=NO_CACHE, **CRM_RETRIES)
+def retry_crm_unless_rejected(task: object, task_run: object, state: object) -> bool:
+    """Retry the CRM task on anything transient, never on rejected records: Salesforce gave
+    its answer, a retry minutes later repeats it and only delays the failure notification."""
+    return not isinstance(getattr(state, "data", None), crm_stage.CrmSyncFailed)
+
+
+def _crm_skips_artifact(summary: crm_stage.SyncSummary) -> None:
+    """Name every account and task the sync did not write, and why, on the run's page."""
+    lines = summary.skipped_lines()
+    if lines:
+        shown = lines[:1000]
+        more = [f"- ... and {len(lines) - len(shown)} more (see the run log)"] if len(lines) > len(shown) else []
+        create_markdown_artifact(key="crm-sync-skipped", description=f"CRM sync as of {summary.as_of}: records not written",
+                                 markdown="\n".join([f"# CRM sync as of {summary.as_of}: {len(lines)} record(s) not written", "",
+                                                      *[f"- {line}" for line in shown], *more]))
+
+
+@task(name="sync-crm", cache_policy=NO_CACHE, retry_condition_fn=retry_crm_unless_rejected, **CRM_RETRIES)
 def sync_crm(settings: Settings, as_of: date, dry_run: bool, accounts: list[str] | None = None) -> crm_stage.SyncSummary:
-    summary = crm_stage.sync_crm(get_engine(settings.warehouse), settings, as_of, dry_run=dry_run, accounts=accounts)
+    """Push the day to the CRM. Rejected records fail the task (and so the flow, which notifies),
+    after everything else was written; skipped accounts are named in an artifact either way."""
+    try:
+        summary = crm_stage.sync_crm(get_engine(settings.warehouse), settings, as_of, dry_run=dry_run, accounts=accounts)
+    except crm_stage.CrmSyncFailed as failed:
+        _crm_skips_artifact(failed.summary)
+        get_run_logger().error("%s", failed)
+        raise
+    _crm_skips_artifact(summary)
     get_run_logger().info("crm sync: %s", summary.describe())
     return summary
 

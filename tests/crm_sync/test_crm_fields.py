@@ -59,3 +59,62 @@ def test_sfdx_metadata(tmp_path: Path) -> None:
     key = minidom.parseString(sfdx_field_xml(fields_for("Task")[0]))
     assert key.getElementsByTagName("externalId")[0].firstChild.nodeValue == "true"
     assert key.getElementsByTagName("length")[0].firstChild.nodeValue == "80"
+
+
+def test_sfdx_project_is_a_deployable_admin_kit(tmp_path: Path) -> None:
+    """sfdx-project.json, every field, a permission set covering every field, the Task values."""
+    import json
+    from xml.etree import ElementTree
+
+    from crm_sync.fields import PERMISSION_SET, write_sfdx_project
+    from crm_sync.push import TASK_PRIORITIES, TASK_STATUSES
+
+    written = write_sfdx_project(tmp_path)
+    project = json.loads((tmp_path / "sfdx-project.json").read_text())
+    assert project["packageDirectories"] == [{"path": "force-app", "default": True}] and project["sourceApiVersion"]
+    ns = {"md": "http://soap.sforce.com/2006/04/metadata"}
+    for path in written:
+        if path.suffix == ".xml":
+            ElementTree.parse(path)  # well-formed
+    perm = ElementTree.parse(tmp_path / f"force-app/main/default/permissionsets/{PERMISSION_SET}.permissionset-meta.xml").getroot()
+    granted = {fp.findtext("md:field", namespaces=ns): (fp.findtext("md:readable", namespaces=ns), fp.findtext("md:editable", namespaces=ns))
+               for fp in perm.findall("md:fieldPermissions", ns)}
+    on_disk = {f"{p.parent.parent.name}.{p.name.removesuffix('.field-meta.xml')}" for p in written if p.name.endswith(".field-meta.xml")}
+    deployed_as = {name.replace("Task.", "Activity.", 1) for name in granted}  # Task fields' source lives on Activity
+    assert deployed_as == on_disk and len(on_disk) == len(FIELDS)  # every deployed field, nothing else
+    assert set(granted.values()) == {("true", "true")}
+    assert "Account.Churnflow_Score_As_Of__c" in granted and "Task.Churnflow_Key__c" in granted
+    account = perm.find("md:objectPermissions", ns)
+    assert account is not None and account.findtext("md:viewAllRecords", namespaces=ns) == "true"
+    assert {u.findtext("md:name", namespaces=ns) for u in perm.findall("md:userPermissions", ns)} == {"ApiEnabled", "EditTask"}
+    for name, values in (("TaskStatus", TASK_STATUSES), ("TaskPriority", TASK_PRIORITIES)):
+        root = ElementTree.parse(tmp_path / f"force-app/main/default/standardValueSets/{name}.standardValueSet-meta.xml").getroot()
+        assert tuple(v.findtext("md:fullName", namespaces=ns) for v in root.findall("md:standardValue", ns)) == values
+    status = ElementTree.parse(tmp_path / "force-app/main/default/standardValueSets/TaskStatus.standardValueSet-meta.xml").getroot()
+    closed = {v.findtext("md:fullName", namespaces=ns) for v in status.findall("md:standardValue", ns) if v.findtext("md:closed", namespaces=ns) == "true"}
+    from crm_sync.local_server import CLOSED_TASK_STATUSES
+    assert closed == CLOSED_TASK_STATUSES
+
+
+def test_as_of_date_field_and_the_change_rule() -> None:
+    from crm_sync.fields import change_state, material_change
+
+    row = {"health_score": 71, "band": "yellow", "p_churn": 0.29, "health_change_30d": -3.0, "top_drivers_text": "Logins fell",
+           "arr_at_risk": 2900.0, "arr": 10000.0, "scored_at": pd.Timestamp("2026-11-20 06:00"), "as_of_date": pd.Timestamp("2026-11-20")}
+    assert account_health_payload(row)["Churnflow_Score_As_Of__c"] == "2026-11-20"
+    sent = change_state(row)
+    assert sent["Churnflow_Score_As_Of__c"] == "2026-11-20" and sent["arr"] == 10000.0  # kept, but never a change
+    next_day = {**row, "as_of_date": pd.Timestamp("2026-11-21"), "scored_at": pd.Timestamp("2026-11-21 06:00"),
+                "p_churn": 0.294, "arr_at_risk": 2940.0, "health_score": 71}
+    assert material_change(sent, change_state(next_day)) == []  # date, run time, probability noise: no change
+    assert material_change(sent, change_state({**next_day, "health_score": 70, "p_churn": 0.296})) == []  # rounding flip: noise
+    assert material_change(sent, change_state({**next_day, "health_score": 70, "p_churn": 0.30})) == ["Churnflow_Churn_Risk__c"]
+    assert material_change(sent, change_state({**next_day, "p_churn": 0.30}), min_points=2) == []
+    assert material_change(sent, change_state({**next_day, "health_change_30d": -5.0})) == []  # 2 trend points < 3
+    assert material_change(sent, change_state({**next_day, "health_change_30d": -6.0})) == ["Churnflow_Health_Trend__c"]
+    assert material_change(sent, change_state({**next_day, "band": "red"})) == ["Churnflow_Health_Band__c"]
+    assert material_change(sent, change_state({**next_day, "top_drivers_text": "Tickets up"})) == ["Churnflow_Top_Drivers__c"]
+    assert material_change(sent, change_state({**next_day, "health_change_30d": math.nan})) == ["Churnflow_Health_Trend__c"]
+    assert material_change(sent, change_state({**next_day, "arr": 12000.0})) == ["arr"]
+    assert material_change(None, sent) == sorted({"Churnflow_Churn_Risk__c", "Churnflow_Health_Band__c", "Churnflow_Health_Trend__c",
+                                                   "Churnflow_Top_Drivers__c", "arr"})

@@ -37,7 +37,7 @@ def test_account_health_delta(server: LocalSalesforce, sf: Salesforce, uid: str,
     assert (first.updated, first.unchanged) == (6, 0)
     again = push_account_health(sf, frame, retry=retry, ledger=ledger)
     assert (again.updated, again.unchanged, again.api_calls) == (0, 6, 0)
-    frame.loc[2, "health_score"] = 3
+    frame.loc[2, ["health_score", "p_churn"]] = [3, 0.97]
     third = push_account_health(sf, frame, retry=retry, ledger=ledger)
     assert (third.updated, third.unchanged) == (1, 5)
     assert_accounts_match(server, frame)

@@ -17,7 +17,7 @@ from crm_sync.ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.ops import Difference, estimate_api_calls, reconcile, retry_failed
 from crm_sync.push import RetryPolicy
-from crm_sync.sync import sync_crm
+from crm_sync.sync import CrmSyncFailed, sync_crm
 
 from .test_crm_ledger_sync import _warehouse
 
@@ -69,7 +69,9 @@ def test_retry_failed_resends_exactly_the_failed_bulk_rows(engine: sa.Engine, se
         assert server is not None
         # every bulk job fails its first 3 rows: they still fail after the push's own retry rounds
         server.faults.add("bulk_row_failures", endpoint="bulk2", rows=3, count=100)
-        first = sync_crm(engine, settings, AS_OF, retry=FAST, bulk_threshold=5, poll_interval=0.02)
+        with pytest.raises(CrmSyncFailed, match="3 record\\(s\\) rejected") as rejected:  # loud: the run fails
+            sync_crm(engine, settings, AS_OF, retry=FAST, bulk_threshold=5, poll_interval=0.02)
+        first = rejected.value.summary
         assert first.accounts is not None and (first.accounts.mode, first.accounts.failed, first.accounts.updated) == ("bulk", 3, 5)
         ledger = Ledger(engine, create=False)
         failed = {k for k, e in ledger.entries("account_health").items() if e.status == "failed"}
@@ -94,8 +96,11 @@ def test_retry_failed_resends_failed_composite_tasks(engine: sa.Engine, settings
         conn.execute(sa.text("UPDATE outreach_tasks SET crm_account_id = :g WHERE task_key = 'A5:save:2026-11-20'"), {"g": ghost})
     with local_crm(settings) as server:
         assert server is not None
-        first = sync_crm(engine, settings, AS_OF, retry=FAST)
+        with pytest.raises(CrmSyncFailed, match="INVALID_CROSS_REFERENCE_KEY") as rejected:
+            sync_crm(engine, settings, AS_OF, retry=FAST)
+        first = rejected.value.summary
         assert first.tasks is not None and (first.tasks.created, first.tasks.failed) == (2, 1)
+        assert any(line.startswith("task A5:save:2026-11-20: rejected") for line in first.skipped_lines())
         assert first.tasks.errors[0].code == "INVALID_CROSS_REFERENCE_KEY"
         ledger = Ledger(engine, create=False)
         assert {k for k, e in ledger.entries("tasks").items() if e.status == "failed"} == {"A5:save:2026-11-20"}
@@ -116,7 +121,8 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
     dry = sync_crm(engine, settings, AS_OF, dry_run=True)
     assert dry.planned == {"accounts": 8, "tasks": 3}
     assert dry.api_estimate["account_writes"] == 1 and dry.api_estimate["task_writes"] == 1
-    assert len([c for c in dry.changes if c.sobject == "Account"]) == 8 * 7
+    assert dry.api_estimate["as_of_checks"] == 1  # accounts never confirmed: their CRM as-of dates are read first
+    assert len([c for c in dry.changes if c.sobject == "Account"]) == 8 * 8
     assert all(not c.old_known for c in dry.changes if c.sobject == "Account")
     assert "API calls" in dry.describe()
     with local_crm(settings):
@@ -128,14 +134,18 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
         conn.execute(sa.text("UPDATE account_scores SET as_of_date = :n WHERE as_of_date = :d AND rowid IN "
                              "(SELECT rowid FROM account_scores WHERE as_of_date = :d LIMIT 8)"),
                      {"n": pd.Timestamp(nxt).to_pydatetime(), "d": pd.Timestamp(AS_OF).to_pydatetime()})
-        conn.execute(sa.text("UPDATE account_scores SET health_score = 55 WHERE as_of_date = :n AND account_id = 'A2'"),
+        conn.execute(sa.text("UPDATE account_scores SET health_score = 55, p_churn = 0.45 WHERE as_of_date = :n AND account_id = 'A2'"),
                      {"n": pd.Timestamp(nxt).to_pydatetime()})
     tables = set(sa.inspect(engine).get_table_names())
     dry2 = sync_crm(engine, settings, nxt, dry_run=True)
     assert dry2.planned == {"accounts": 1, "tasks": 0}
-    [change] = dry2.changes
+    by_field = {c.field: c for c in dry2.changes}
+    assert set(by_field) == {"Churnflow_Health_Score__c", "Churnflow_Churn_Risk__c", "Churnflow_Score_As_Of__c"}
+    change = by_field["Churnflow_Health_Score__c"]
     assert (change.record, change.field, change.old_known, change.old, change.new) == (
         accounts["crm_account_id"][2], "Churnflow_Health_Score__c", True, 80.0, 55.0)
+    assert (by_field["Churnflow_Churn_Risk__c"].old, by_field["Churnflow_Churn_Risk__c"].new) == (20.0, 45.0)
+    assert (by_field["Churnflow_Score_As_Of__c"].old, by_field["Churnflow_Score_As_Of__c"].new) == ("2026-11-20", "2026-11-21")
     assert "80 → 55" in change.describe()
     assert dry2.api_estimate == {"login": 1, "account_writes": 1, "total": 2}
     assert set(sa.inspect(engine).get_table_names()) == tables
@@ -145,3 +155,4 @@ def test_estimate_api_calls() -> None:
     assert estimate_api_calls(450, 0)["account_writes"] == 3
     assert estimate_api_calls(100_000, 10_000, 40)["total"] == 1 + 7 + 1 + 20 + 7 + 1
     assert estimate_api_calls(0, 0) == {"login": 0, "total": 0}
+    assert estimate_api_calls(10_000, 0, n_unverified=10_000)["as_of_checks"] == 20

@@ -16,6 +16,7 @@ from crm_sync.local_server import MAX_URI_LENGTH, LocalSalesforce
 from crm_sync.push import RetryPolicy, in_clause_queries, push_account_health, push_tasks
 
 SCORED_AT = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
+AS_OF = date(2026, 11, 20)
 
 
 def health_frame(ids: list[str], offset: int = 0) -> pd.DataFrame:
@@ -30,6 +31,7 @@ def health_frame(ids: list[str], offset: int = 0) -> pd.DataFrame:
         "top_drivers_text": [f"Logins fell {i}%\nTickets up" for i in range(n)],
         "arr_at_risk": [1234.567 * (i + 1) for i in range(n)],
         "scored_at": [SCORED_AT] * n,
+        "as_of_date": [AS_OF] * n,
     })
 
 
@@ -42,6 +44,7 @@ def expected_account(row: pd.Series) -> dict:
         "Churnflow_Top_Drivers__c": row.top_drivers_text,
         "Churnflow_ARR_At_Risk__c": round(row.arr_at_risk, 2),
         "Churnflow_Scored_At__c": "2026-11-20T06:30:00.000+0000",
+        "Churnflow_Score_As_Of__c": pd.Timestamp(row.as_of_date).date().isoformat(),
     }
 
 
@@ -107,7 +110,8 @@ def test_push_account_health_composite(server: LocalSalesforce, sf: Salesforce, 
     before = server.api_calls["total"]
     summary = push_account_health(sf, frame, retry=retry)
     assert (summary.sent, summary.updated, summary.failed, summary.mode) == (5, 5, 0, "composite")
-    assert summary.api_calls == server.api_calls["total"] - before == 1
+    # one query (no ledger: the CRM's score as-of dates guard against older scores) + one update
+    assert summary.api_calls == server.api_calls["total"] - before == 2
     assert_accounts_match(server, frame)  # NaN trend cleared the seeded 9.0
     assert server.get_record("Account", ids[0])["Churnflow_Health_Trend__c"] is None
 
@@ -177,7 +181,8 @@ def test_push_tasks_reports_unusable_rows(server: LocalSalesforce, sf: Salesforc
     frame.loc[4, "owner_email"] = None  # no owner: assigned to the integration user
     summary = push_tasks(sf, frame, retry=retry)
     assert {e.key: e.code for e in summary.errors} == {
-        frame.task_key[1]: "OWNER_NOT_FOUND", frame.task_key[2]: "INVALID_INPUT", frame.task_key[3]: "INVALID_INPUT"}
+        frame.task_key[1]: "OWNER_NOT_FOUND", frame.task_key[2]: "INVALID_INPUT"}
+    assert [(s.key, s.reason) for s in summary.skips] == [(frame.task_key[3], "no crm id")]  # skipped and named, not rejected
     stored = server_tasks(server, uid)
     assert set(stored) == {frame.task_key[0], frame.task_key[4]}
     assert stored[frame.task_key[4]]["OwnerId"] == server.integration_user_id
@@ -231,7 +236,9 @@ def test_composite_pushes_survive_faults(server: LocalSalesforce, sf: Salesforce
     health = health_frame(accounts)  # 2 update calls
     injected = server.faults.add(kind, **options)
     logins = server.api_calls["login"]
-    task_summary = push_tasks(sf, tasks, retry=retry)
+    # settle 0: a create whose response was lost is re-sent as soon as the lookup does not find it
+    # (the default waits for a late commit first: test_a_create_that_commits_late_is_never_duplicated)
+    task_summary = push_tasks(sf, tasks, retry=retry, settle_seconds=0)
     health_summary = push_account_health(sf, health, retry=retry)
     assert injected.fired == injected.count, "the fault never triggered"
     assert task_summary.failed == 0 and health_summary.failed == 0
