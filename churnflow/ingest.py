@@ -890,7 +890,8 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
             replace_usage_by_day(engine, good)
             t.rows_loaded = len(good)
         else:
-            t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True)
+            # the extract's as-of: features as of D read the versions loaded at or before D
+            t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True, loaded_at=run_date)
     log.info("ingest %s: %s", run_id, {t.table: (t.rows_loaded, t.rows_quarantined) for t in report.tables})
     return report
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Mapping
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -122,11 +123,15 @@ def replace_rows(
     where: Mapping[str, Any] | None = None,
     *,
     replace_all: bool = False,
+    loaded_at: datetime | date | None = None,
 ) -> int:
     """Delete the rows matching ``where`` (or all rows) and insert ``frame``, in one transaction.
 
     This is how every stage writes: a re-run for the same partition replaces, never
-    duplicates. Returns the number of rows inserted.
+    duplicates. Returns the number of rows inserted. A write to a state table (accounts,
+    subscriptions, tickets...) also records its rows' versions, as of ``loaded_at`` (the
+    extract's as-of; ``None`` corrects the latest load), in the same transaction
+    (churnflow.history).
     """
     created = ensure_table(engine, name, frame)
     # A lightweight table clause: no reflection (duckdb-engine cannot reflect constraints).
@@ -142,6 +147,10 @@ def replace_rows(
             from features.rollups import record_usage_write
 
             record_usage_write(conn, frame, whole_table=replace_all or bool(where))
+        from churnflow.history import VERSIONED, record_versions
+
+        if name in VERSIONED:  # features as of D read the version known at D
+            record_versions(conn, name, loaded_at=loaded_at)
     log.debug("wrote %d rows to %s", len(frame), name)
     return len(frame)
 

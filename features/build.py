@@ -7,6 +7,22 @@ dialect-neutral SQL with bound parameters (the same text runs on DuckDB and Post
 usage windows read the daily rollups of ``features.rollups``; commercial, support and
 perception read their tables directly. pandas assembles the per-account frame and derives
 the ratios, trends and categories from the aggregates.
+
+Accounts, subscriptions and tickets are read as they were known at D, from their history
+(``churnflow.history.state_at_sql``): a segment, end date, ARR, seat count, priority or
+close recorded by a load after D is invisible at D. Fields whose timing a row does not
+carry are used only when it can be known at D:
+
+* reopen flag (``reopen_rate_90d``, ``first_contact_resolution_90d``): a flag has no date,
+  so it counts for D only when the version saying so was loaded at or before D, and only
+  for tickets closed before D; otherwise it is unknown (NULL, the features are NaN). Not
+  even ``false`` is used from a later load: keeping only the tickets that were never
+  reopened would bias the rate to zero.
+* first response (``median_first_response_minutes_90d``): counts only when it came before
+  D, ``opened_at + first_response_minutes < D``.
+* close, resolution time and CSAT: only for tickets closed before D (``closed_at < D``);
+  a ticket closed on or after D is open at D.
+* cancellation: only when recorded before D (``cancelled_at < D``).
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import sqlalchemy as sa
 
 from churnflow import schema
 from churnflow.fingerprint import source_version
+from churnflow.history import state_at_sql, sync_history
 from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
 from features.catalogue import BY_NAME, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
 from features.rollups import RollupReport, refresh_survey_text, refresh_usage_rollups
@@ -95,7 +112,9 @@ WHERE activity_date >= :day365 AND activity_date < :as_of_day
 GROUP BY account_id
 """
 
-ACCOUNTS_SQL = "SELECT account_id, segment, created_at FROM accounts WHERE created_at < :as_of"
+# ``{accounts}``, ``{subscriptions}``, ``{tickets}``: the rows as known at :as_of
+# (churnflow.history.state_at_sql), filled in by :func:`_at_as_of`.
+ACCOUNTS_SQL = "SELECT account_id, segment, created_at FROM {accounts} AS accounts WHERE created_at < :as_of"
 
 # Commercial state as known at D: terms started before D; a cancellation recorded on or after
 # D is invisible. The main term (plan, auto-renew) is the active one with the highest ARR; a
@@ -104,7 +123,7 @@ COMMERCIAL_SQL = """
 WITH known AS (
   SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew,
     CASE WHEN cancelled_at < :as_of THEN cancelled_at END AS cancelled_at
-  FROM subscriptions
+  FROM {subscriptions} AS subscriptions
   WHERE start_date < :as_of
 ), active AS (
   SELECT account_id, plan, seats, arr, end_date, auto_renew,
@@ -132,18 +151,22 @@ LEFT JOIN downgrades ON downgrades.account_id = active.account_id
 GROUP BY active.account_id
 """
 
-# Support: a ticket's close, reopen flag and CSAT are known at D only if it closed before D.
+# Support, from the tickets as known at D: a close (and resolution time) counts only if it
+# came before D, a first response only if it came before D, a reopen flag only if the
+# version saying so was loaded by D (module docstring).
 SUPPORT_SQL = """
 SELECT account_id,
   SUM(CASE WHEN opened_at >= :d30 THEN 1 ELSE 0 END) AS tickets_30d,
   SUM(CASE WHEN opened_at >= :d90 THEN 1 ELSE 0 END) AS tickets_90d,
   SUM(CASE WHEN closed_at IS NULL OR closed_at >= :as_of THEN 1 ELSE 0 END) AS open_tickets,
   AVG(CASE WHEN opened_at >= :d90 THEN CASE WHEN priority IN ('high', 'urgent') THEN 1.0 ELSE 0.0 END END) AS high_priority_share_90d,
-  percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN opened_at >= :d90 THEN first_response_minutes END) AS median_first_response_minutes_90d,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN opened_at >= :d90
+    AND first_response_minutes < EXTRACT(EPOCH FROM (:as_of - opened_at)) / 60.0 THEN first_response_minutes END) AS median_first_response_minutes_90d,
   percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN opened_at >= :d90 AND closed_at < :as_of
     THEN EXTRACT(EPOCH FROM (closed_at - opened_at)) / 3600.0 END) AS median_resolution_hours_90d,
-  AVG(CASE WHEN opened_at >= :d90 AND closed_at < :as_of THEN CASE WHEN reopened THEN 1.0 ELSE 0.0 END END) AS reopen_rate_90d
-FROM tickets
+  AVG(CASE WHEN opened_at >= :d90 AND closed_at < :as_of AND known_since <= :as_of
+    THEN CASE WHEN reopened THEN 1.0 ELSE 0.0 END END) AS reopen_rate_90d
+FROM {tickets} AS tickets
 WHERE opened_at < :as_of AND (opened_at >= :d90 OR closed_at IS NULL OR closed_at >= :as_of)
 GROUP BY account_id
 """
@@ -176,7 +199,9 @@ GROUP BY s.account_id
 
 
 def refresh_derived(engine: sa.Engine, since: date, *, recheck_days: int = 3) -> RollupReport:
-    """Bring the tables the windows read up to date (usage rollups, scored comments)."""
+    """Bring the tables the windows read up to date (usage rollups, scored comments, and the
+    state tables' history, in case another tool rewrote a table directly)."""
+    sync_history(engine)
     report = refresh_usage_rollups(engine, recheck_days=recheck_days)
     refresh_survey_text(engine, since - timedelta(days=90))
     return report
@@ -184,6 +209,11 @@ def refresh_derived(engine: sa.Engine, since: date, *, recheck_days: int = 3) ->
 
 def _per_account(engine: sa.Engine, sql: str, params: dict) -> pd.DataFrame:
     return read_sql(engine, sql, params).set_index("account_id")
+
+
+def _at_as_of(engine: sa.Engine, sql: str) -> str:
+    """``sql`` reading each state table as known at :as_of (its history, when it has one)."""
+    return sql.format(**{table: state_at_sql(engine, table) for table in ("accounts", "subscriptions", "tickets")})
 
 
 def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> pd.DataFrame:
@@ -195,8 +225,8 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> p
     if refresh:
         refresh_derived(engine, as_of)
     params = bounds(as_of)
-    accounts = _per_account(engine, ACCOUNTS_SQL, params)
-    commercial = _per_account(engine, COMMERCIAL_SQL, params)
+    accounts = _per_account(engine, _at_as_of(engine, ACCOUNTS_SQL), params)
+    commercial = _per_account(engine, _at_as_of(engine, COMMERCIAL_SQL), params)
     commercial["days_to_renewal"] = (pd.to_datetime(commercial["first_end_date"]) - params["as_of"]).dt.days
     active_ids = commercial.index.intersection(accounts.index)
     frame = pd.DataFrame(index=pd.Index(active_ids, name="account_id"))
@@ -204,7 +234,7 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True) -> p
         log.warning("no active accounts as of %s", as_of)
         return _finish(frame, as_of)
 
-    for sql in (USAGE_USERS_SQL, USAGE_BREADTH_SQL, USAGE_EVENTS_SQL, SUPPORT_SQL, PERCEPTION_SQL, VERBATIM_SQL):
+    for sql in (USAGE_USERS_SQL, USAGE_BREADTH_SQL, USAGE_EVENTS_SQL, _at_as_of(engine, SUPPORT_SQL), PERCEPTION_SQL, VERBATIM_SQL):
         frame = frame.join(_per_account(engine, sql, params))
     frame = frame.join(commercial)
     frame = frame.join(accounts)
@@ -268,17 +298,19 @@ def as_model_frame(features: pd.DataFrame, names: list[str] | None = None) -> pd
 
 
 # The rows features as of D read, per input table: (columns, rows-known-at-D condition).
+# State tables are read as known at D (their version valid at D, and when it was loaded).
 _FINGERPRINTED: dict[str, tuple[list[str], str]] = {
     "accounts": (["account_id", "segment", "created_at"], "created_at < :as_of"),
     "subscriptions": (["subscription_id", "account_id", "plan", "seats", "arr", "start_date", "end_date", "cancelled_at", "auto_renew"],
                       "start_date < :as_of"),
-    "tickets": (["ticket_id", "account_id", "opened_at", "closed_at", "priority", "first_response_minutes", "reopened"], "opened_at < :as_of"),
+    "tickets": (["ticket_id", "account_id", "opened_at", "closed_at", "priority", "first_response_minutes", "reopened", "known_since"],
+                "opened_at < :as_of"),
     "surveys": (["response_id", "account_id", "submitted_at", "kind", "score", "comment"], "submitted_at >= :d365 AND submitted_at < :as_of"),
 }
 
 
 # The code a day's features are a function of (part of their fingerprint).
-BUILDER_MODULES = ("features.build", "features.catalogue", "features.rollups", "features.text")
+BUILDER_MODULES = ("features.build", "features.catalogue", "features.rollups", "features.text", "churnflow.history")
 
 
 def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
@@ -291,7 +323,8 @@ def input_fingerprint(engine: sa.Engine, as_of: date) -> str:
     params = bounds(as_of)
     parts = [FEATURE_SET_VERSION, source_version(*BUILDER_MODULES), as_of.isoformat()]
     for table, (columns, condition) in _FINGERPRINTED.items():
-        sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM "{table}" WHERE {condition}'
+        source = state_at_sql(engine, table)
+        sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM {source} AS "{table}" WHERE {condition}'
         row = read_sql(engine, sql, params).iloc[0]
         parts.append(f"{table}:{int(row['n'])}:{row['h']}")
     days = read_sql(engine, "SELECT activity_date, content_hash, dirty FROM usage_rollup_days "
