@@ -343,3 +343,23 @@ def test_a_table_with_duplicate_keys_is_refused_naming_the_key(duck_engine: sa.E
     with pytest.raises(ValueError, match=r"table 'accounts': 2 rows share the key account_id='A'"):
         replace_rows(duck_engine, "accounts", frame, replace_all=True, loaded_at=date(2026, 1, 1))
     assert read_sql(duck_engine, "SELECT COUNT(*) AS n FROM accounts").loc[0, "n"] == 0  # the write was rolled back
+
+
+def test_what_a_first_load_after_d_says_about_timing_is_not_used_at_d(duck_engine: sa.Engine, book: dict[str, pd.DataFrame]) -> None:
+    """A first load after D stands for D, except the fields whose timing it does not carry:
+    a first response that came after D, a close after D, a reopen flag."""
+    late = _waiting_ticket(_steady_accounts(extract_at(book, T2))[5], "PIT-LATE", 2, 600.0)  # answered at D + 8 h
+    late["closed_at"] = _d(D) + pd.Timedelta(days=1)
+    late["reopened"] = True
+    solved = _waiting_ticket(late["account_id"].iloc[0], "PIT-SOLVED", 24 * 6, 20.0)
+    solved["closed_at"] = _d(D) - pd.Timedelta(days=5)  # solved before D, reopened: when?
+    solved["reopened"] = True
+    extract = _copy(extract_at(book, T2))
+    unknown = [late.assign(first_response_minutes=float("nan"), closed_at=pd.NaT, reopened=False), solved.assign(reopened=False)]
+    extract["tickets"] = pd.concat([extract["tickets"], *unknown], ignore_index=True)
+    write_book(duck_engine, extract, loaded_at=T2)
+    expected = build_features(duck_engine, D)  # the tickets as they were at D: open, no response yet; solved
+
+    extract["tickets"] = pd.concat([extract["tickets"].iloc[:-2], late, solved], ignore_index=True)
+    write_book(duck_engine, extract, loaded_at=T2)
+    pd.testing.assert_frame_equal(build_features(duck_engine, D), expected)
