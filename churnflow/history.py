@@ -26,8 +26,9 @@ loaded at D (run date D) is known at D. The earliest version of a row stands for
 before it was first loaded: older states cannot be known, so a book loaded once, today,
 gives the same features for past dates as the table itself, except for the fields whose
 timing cannot be recovered (see ``features.build``: a reopen flag is used only from the
-load that reported it). A table with no history (written by another tool and not yet
-refreshed) is read as it is.
+load that reported it). A table another tool created gets its history, stamped with the
+time churnflow first sees it, when features are next refreshed; until then it is read as
+it is, with its reopen flags unknown.
 """
 
 from __future__ import annotations
@@ -122,25 +123,35 @@ def record_versions(conn: sa.Connection, table: str, *, loaded_at: datetime | da
         conn.execute(sa.text(f"UPDATE {h} SET valid_to = NULL WHERE valid_to > :at"), params)
         log.warning("%s: loaded an extract as of %s, older than the latest load (%s): %d later version(s) discarded",
                     table, at, latest, discarded)
+        latest = _scalar(conn, f"SELECT MAX(valid_from) FROM {h}")
 
-    dupes = conn.execute(sa.text(
-        f"SELECT {', '.join(chr(34) + k + chr(34) for k in spec.key)}, COUNT(*) AS n FROM {t} "
-        f"GROUP BY {', '.join(chr(34) + k + chr(34) for k in spec.key)} HAVING COUNT(*) > 1 LIMIT 1"
-    )).fetchone()
+    keys = ", ".join(f'"{k}"' for k in spec.key)
+    dupes = conn.execute(sa.text(f"SELECT {keys}, COUNT(*) AS n FROM {t} GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 1")).fetchone()
     if dupes is not None:
         key = ", ".join(f"{k}={v!r}" for k, v in zip(spec.key, dupes))
         raise ValueError(f"table '{table}': {dupes[-1]} rows share the key {key}; its history needs one row per "
                          f"{'/'.join(spec.key)} (remove the duplicates, or load the table with churnflow ingest)")
 
-    key0 = spec.key[0]
-    current = f"(SELECT * FROM {h} WHERE valid_to IS NULL)"
+    columns = ", ".join(f'"{c}"' for c in spec.column_names)
+    if latest is None:  # the first load: every row is a first version
+        conn.execute(sa.text(f"INSERT INTO {h} ({columns}, valid_from, valid_to, first_version) SELECT {columns}, :at, NULL, TRUE FROM {t}"),
+                     params)
+        added = int(_scalar(conn, f"SELECT COUNT(*) FROM {h}") or 0)
+        report = VersionReport(table, at, added, 0, 0, 0, 0, time.perf_counter() - started)
+        log.info("%s", report.describe())
+        return report
+    if conn.dialect.name == "postgresql":  # both were just rewritten: plan the joins on fresh statistics
+        conn.execute(sa.text(f"ANALYZE {t}"))
+        conn.execute(sa.text(f"ANALYZE {h}"))
+
+    # ``_present`` marks which side of an outer join a row came from (key columns may be NULL)
     differs = " OR ".join(f'NOT (t."{c}" IS NOT DISTINCT FROM v."{c}")' for c in spec.column_names if c not in spec.key) or "FALSE"
     counts = conn.execute(sa.text(
-        f"SELECT SUM(CASE WHEN v.\"{key0}\" IS NULL THEN 1 ELSE 0 END) AS added, "
-        f"SUM(CASE WHEN t.\"{key0}\" IS NULL THEN 1 ELSE 0 END) AS gone, "
-        f"SUM(CASE WHEN t.\"{key0}\" IS NOT NULL AND v.\"{key0}\" IS NOT NULL AND ({differs}) THEN 1 ELSE 0 END) AS changed, "
-        f"COUNT(*) AS n "
-        f"FROM {t} AS t FULL OUTER JOIN {current} AS v ON {_key_match(spec, 't', 'v')}"
+        "SELECT SUM(CASE WHEN v._present IS NULL THEN 1 ELSE 0 END) AS added, "
+        "SUM(CASE WHEN t._present IS NULL THEN 1 ELSE 0 END) AS gone, "
+        f"SUM(CASE WHEN t._present = 1 AND v._present = 1 AND ({differs}) THEN 1 ELSE 0 END) AS changed, COUNT(*) AS n "
+        f"FROM (SELECT *, 1 AS _present FROM {t}) AS t "
+        f"FULL OUTER JOIN (SELECT *, 1 AS _present FROM {h} WHERE valid_to IS NULL) AS v ON {_key_match(spec, 't', 'v')}"
     )).mappings().one()
     added, gone, changed = (int(counts[k] or 0) for k in ("added", "gone", "changed"))
     unchanged = int(counts["n"] or 0) - added - gone - changed
@@ -149,12 +160,13 @@ def record_versions(conn: sa.Connection, table: str, *, loaded_at: datetime | da
         # a version loaded at this very time is replaced (a re-run), an older one is closed
         conn.execute(sa.text(f"DELETE FROM {h} WHERE valid_from = :at AND {stale}"), params)
         conn.execute(sa.text(f"UPDATE {h} SET valid_to = :at WHERE {stale}"), params)
-        columns = ", ".join(f'"{c}"' for c in spec.column_names)
         selected = ", ".join(f't."{c}"' for c in spec.column_names)
+        # joins, not a correlated subquery per row: PostgreSQL would rescan the history for each
         conn.execute(sa.text(
             f"INSERT INTO {h} ({columns}, valid_from, valid_to, first_version) "
-            f"SELECT {selected}, :at, NULL, NOT EXISTS (SELECT 1 FROM {h} AS p WHERE {_key_match(spec, 't', 'p')}) "
-            f"FROM {t} AS t WHERE NOT EXISTS (SELECT 1 FROM {h} AS o WHERE o.valid_to IS NULL AND {_key_match(spec, 't', 'o')})"
+            f"SELECT {selected}, :at, NULL, p._present IS NULL "
+            f"FROM {t} AS t LEFT JOIN (SELECT {keys}, 1 AS _present FROM {h} GROUP BY {keys}) AS p ON {_key_match(spec, 't', 'p')} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {h} AS o WHERE o.valid_to IS NULL AND {_key_match(spec, 't', 'o')})"
         ), params)
     report = VersionReport(table, at, added, changed, gone, unchanged, discarded, time.perf_counter() - started)
     log.info("%s", report.describe())
