@@ -363,3 +363,39 @@ def test_what_a_first_load_after_d_says_about_timing_is_not_used_at_d(duck_engin
     extract["tickets"] = pd.concat([extract["tickets"].iloc[:-2], late, solved], ignore_index=True)
     write_book(duck_engine, extract, loaded_at=T2)
     pd.testing.assert_frame_equal(build_features(duck_engine, D), expected)
+
+
+def test_ingest_records_each_extract_at_its_run_date(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    """The user's path: `churnflow ingest --run-date` stamps the versions with the extract's date."""
+    import yaml
+
+    from churnflow.ingest import ingest
+    from churnflow.warehouse import get_engine
+
+    (tmp_path / "accounts.csv").write_text("id,company,tier,since\nA1,Acme,smb,2024-01-05\nA2,Beta,smb,2024-02-05\n")
+    mapping = tmp_path / "sources.yaml"
+    mapping.write_text(yaml.safe_dump({"tables": {
+        "accounts": {"file": "accounts.csv", "columns": {"account_id": "id", "name": "company", "segment": "tier", "created_at": "since"}},
+        "tickets": {"file": "tickets.csv", "columns": {"ticket_id": "no", "account_id": "acct", "opened_at": "opened",
+                                                       "closed_at": "closed", "priority": "prio", "reopened": "reopened"}},
+    }}))
+    header = "no,acct,opened,closed,prio,reopened\n"
+    (tmp_path / "tickets.csv").write_text(header + "T1,A1,2026-09-01,2026-09-02,low,no\nT2,A2,2026-09-20,,normal,no\n")
+    engine = get_engine(f"duckdb:///{tmp_path}/w.duckdb")
+    r1, r2 = date(2026, 10, 1), date(2026, 10, 15)
+    ingest(engine, mapping, r1)
+    (tmp_path / "tickets.csv").write_text(header + "T1,A1,2026-09-01,,urgent,yes\nT2,A2,2026-09-20,2026-10-03,normal,no\n")
+    for _ in range(2):  # a re-run for the same run date records nothing new
+        ingest(engine, mapping, r2)
+        history = read_sql(engine, "SELECT ticket_id, priority, valid_from, valid_to FROM tickets_history ORDER BY ticket_id, valid_from")
+        assert len(history) == 4 and list(pd.to_datetime(history["valid_from"]).dt.date) == [r1, r2, r1, r2]
+
+    def state(day: date) -> pd.DataFrame:
+        sql = f"SELECT ticket_id, priority, closed_at, reopened, known_since FROM {state_at_sql(engine, 'tickets')} AS t ORDER BY ticket_id"
+        return read_sql(engine, sql, {"as_of": datetime(day.year, day.month, day.day)})
+
+    at_r1 = state(r1 + timedelta(days=7))
+    assert at_r1["priority"].tolist() == ["low", "normal"] and at_r1["closed_at"].isna().tolist() == [False, True]
+    at_r2 = state(r2)
+    assert at_r2["priority"].tolist() == ["urgent", "normal"] and at_r2["reopened"].tolist() == [True, False]
+    assert list(pd.to_datetime(at_r2["known_since"]).dt.date) == [r2, r2]
