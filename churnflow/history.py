@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 VERSIONED: dict[str, str] = {name.removesuffix("_history"): name for name in HISTORY}
 
 
+class HistoryError(ValueError):
+    """A state table whose rows cannot be versioned (a key missing or shared); names the table."""
+
+
 @dataclass(frozen=True)
 class VersionReport:
     """What one load did to a table's history (row counts)."""
@@ -129,8 +133,14 @@ def record_versions(conn: sa.Connection, table: str, *, loaded_at: datetime | da
     dupes = conn.execute(sa.text(f"SELECT {keys}, COUNT(*) AS n FROM {t} GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 1")).fetchone()
     if dupes is not None:
         key = ", ".join(f"{k}={v!r}" for k, v in zip(spec.key, dupes))
-        raise ValueError(f"table '{table}': {dupes[-1]} rows share the key {key}; its history needs one row per "
-                         f"{'/'.join(spec.key)} (remove the duplicates, or load the table with churnflow ingest)")
+        raise HistoryError(f"table '{table}': {dupes[-1]} rows share the key {key}; its history needs one row per "
+                           f"{'/'.join(spec.key)} (remove the duplicates, or load the table with churnflow ingest)")
+    required = [k for k in spec.key if next(c for c in spec.columns if c.name == k).required]
+    if required:
+        missing = int(_scalar(conn, f"SELECT COUNT(*) FROM {t} WHERE " + " OR ".join(f'"{k}" IS NULL' for k in required)) or 0)
+        if missing:
+            raise HistoryError(f"table '{table}': {missing} row(s) have no {'/'.join(required)}; its history needs the key "
+                               f"(remove those rows, or load the table with churnflow ingest)")
 
     columns = ", ".join(f'"{c}"' for c in spec.column_names)
     if latest is None:  # the first load: every row is a first version

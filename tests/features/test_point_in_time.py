@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from churnflow.demo_data import generate_book, write_book
-from churnflow.history import VERSIONED, record_versions, state_at_sql, sync_history
+from churnflow.history import VERSIONED, HistoryError, record_versions, state_at_sql, sync_history
 from churnflow.warehouse import read_sql, replace_rows
 from features.build import build_features, input_fingerprint, materialize_features
 
@@ -343,6 +343,14 @@ def test_a_table_with_duplicate_keys_is_refused_naming_the_key(duck_engine: sa.E
     with pytest.raises(ValueError, match=r"table 'accounts': 2 rows share the key account_id='A'"):
         replace_rows(duck_engine, "accounts", frame, replace_all=True, loaded_at=date(2026, 1, 1))
     assert read_sql(duck_engine, "SELECT COUNT(*) AS n FROM accounts").loc[0, "n"] == 0  # the write was rolled back
+    replace_rows(duck_engine, "accounts", _accounts([("A", "smb")]), replace_all=True, loaded_at=date(2026, 1, 1))
+    with duck_engine.begin() as conn:  # another tool recreates the table without constraints and a row without a key
+        conn.execute(sa.text("DROP TABLE accounts"))
+        conn.execute(sa.text("CREATE TABLE accounts (account_id VARCHAR, name VARCHAR, industry VARCHAR, segment VARCHAR, "
+                             "country VARCHAR, created_at TIMESTAMP, owner_email VARCHAR, crm_account_id VARCHAR)"))
+        conn.execute(sa.text("INSERT INTO accounts (account_id, name, segment, created_at) VALUES (NULL, 'x', 'smb', '2025-01-01')"))
+    with pytest.raises(HistoryError, match=r"table 'accounts': 1 row\(s\) have no account_id"):
+        sync_history(duck_engine)
 
 
 def test_what_a_first_load_after_d_says_about_timing_is_not_used_at_d(duck_engine: sa.Engine, book: dict[str, pd.DataFrame]) -> None:
