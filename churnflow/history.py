@@ -12,8 +12,10 @@ a history table ``<table>_history`` holding every version it loaded, with ``vali
 current versions, inside the write's transaction: a new key gets a first version, a key
 whose content changed has its current version closed (``valid_to`` = load time) and a new
 one opened, a key that disappeared is closed, an unchanged key is left alone. The load
-time is the extract's as-of: ``churnflow ingest`` uses its run date, a demo book its end
-date. A write without a load time (another tool's direct write, noticed when features
+time is when the extract's state is known: ``churnflow ingest`` uses the end of its run
+date (the extract may hold rows stamped during that day, so what it says is known from the
+next midnight: features as of D read extracts with a run date before D), a demo book its
+end date. A write without a load time (another tool's direct write, noticed when features
 are next refreshed, or a ``replace_rows`` call without ``loaded_at``) corrects the latest
 load: it is recorded at that load's time, as if the extract had said so. Loading again
 at the same time (an ingest re-run for the same run date) replaces that load's versions;
@@ -21,8 +23,7 @@ loading an *older* extract than the latest discards the versions loaded after it
 warehouse then holds that older state; a warning says how many were dropped).
 
 **Reading.** Features as of D read the version of each row valid at D:
-``(first_version OR valid_from <= D) AND (valid_to IS NULL OR valid_to > D)``. An extract
-loaded at D (run date D) is known at D. The earliest version of a row stands for every D
+``(first_version OR valid_from <= D) AND (valid_to IS NULL OR valid_to > D)``. The earliest version of a row stands for every D
 before it was first loaded: older states cannot be known, so a book loaded once, today,
 gives the same features for past dates as the table itself, except for the fields whose
 timing cannot be recovered (see ``features.build``: a reopen flag is used only from the

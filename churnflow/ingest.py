@@ -32,7 +32,7 @@ import re
 import uuid
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -890,10 +890,15 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
             replace_usage_by_day(engine, good)
             t.rows_loaded = len(good)
         else:
-            # the extract's as-of: features as of D read the versions loaded at or before D
-            t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True, loaded_at=run_date)
+            # versions known from the end of the run date (the extract may hold that whole day):
+            # features as of D read only what was loaded by D (churnflow.history)
+            t.rows_loaded = replace_rows(engine, p.table, good, replace_all=True, loaded_at=_end_of(run_date))
     log.info("ingest %s: %s", run_id, {t.table: (t.rows_loaded, t.rows_quarantined) for t in report.tables})
     return report
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day) + timedelta(days=1)
 
 
 def _failure_message(report: IngestReport) -> str:

@@ -334,7 +334,7 @@ def history_spec(spec: TableSpec) -> TableSpec:
         f"Every loaded version of the rows of `{spec.name}` (churnflow.history); features as of D read the version valid at D.",
         (
             *[Column(c.name, c.kind, c.description, required=c.required and c.name in spec.key) for c in spec.columns],
-            Column("valid_from", "timestamp", "When this version was loaded (the extract's as-of: the ingest's run date)."),
+            Column("valid_from", "timestamp", "When this version became known: the end of the ingest's run date (a demo book: its end)."),
             Column("valid_to", "timestamp", "When a later load changed or dropped the row; empty while this version is current.", required=False),
             Column("first_version", "bool", "True for the earliest version of the key: it also stands for every date before it was loaded."),
         ),

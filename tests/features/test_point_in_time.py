@@ -396,7 +396,9 @@ def test_ingest_records_each_extract_at_its_run_date(tmp_path) -> None:  # noqa:
     for _ in range(2):  # a re-run for the same run date records nothing new
         ingest(engine, mapping, r2)
         history = read_sql(engine, "SELECT ticket_id, priority, valid_from, valid_to FROM tickets_history ORDER BY ticket_id, valid_from")
-        assert len(history) == 4 and list(pd.to_datetime(history["valid_from"]).dt.date) == [r1, r2, r1, r2]
+        # an extract with run date R holds rows stamped during R: its state is known from R + 1
+        known = [r1 + timedelta(days=1), r2 + timedelta(days=1)]
+        assert len(history) == 4 and list(pd.to_datetime(history["valid_from"]).dt.date) == known * 2
 
     def state(day: date) -> pd.DataFrame:
         sql = f"SELECT ticket_id, priority, closed_at, reopened, known_since FROM {state_at_sql(engine, 'tickets')} AS t ORDER BY ticket_id"
@@ -404,6 +406,7 @@ def test_ingest_records_each_extract_at_its_run_date(tmp_path) -> None:  # noqa:
 
     at_r1 = state(r1 + timedelta(days=7))
     assert at_r1["priority"].tolist() == ["low", "normal"] and at_r1["closed_at"].isna().tolist() == [False, True]
-    at_r2 = state(r2)
+    assert state(r2)["priority"].tolist() == ["low", "normal"]  # not yet known during the run date
+    at_r2 = state(r2 + timedelta(days=1))
     assert at_r2["priority"].tolist() == ["urgent", "normal"] and at_r2["reopened"].tolist() == [True, False]
-    assert list(pd.to_datetime(at_r2["known_since"]).dt.date) == [r2, r2]
+    assert list(pd.to_datetime(at_r2["known_since"]).dt.date) == [known[1]] * 2
