@@ -23,11 +23,11 @@ loading an *older* extract than the latest discards the versions loaded after it
 warehouse then holds that older state; a warning says how many were dropped).
 
 **Reading.** Features as of D read the version of each row valid at D:
-``(first_version OR valid_from <= D) AND (valid_to IS NULL OR valid_to > D)``. The earliest version of a row stands for every D
-before it was first loaded: older states cannot be known, so a book loaded once, today,
-gives the same features for past dates as the table itself, except for the fields whose
-timing cannot be recovered (see ``features.build``: a reopen flag is used only from the
-load that reported it). A table another tool created gets its history, stamped with the
+``(first_version OR valid_from <= D) AND (valid_to IS NULL OR valid_to > D)``. The
+earliest version of a row stands for every D before it was first loaded: older states
+cannot be known, so a book loaded once, today, gives the same features for past dates as
+the table itself, except for the fields whose timing cannot be recovered (see
+``features.build``: a reopen flag is used only from the load that reported it). A table another tool created gets its history, stamped with the
 time churnflow first sees it, when features are next refreshed; until then it is read as
 it is, with its reopen flags unknown.
 """
