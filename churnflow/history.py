@@ -112,7 +112,12 @@ def record_versions(conn: sa.Connection, table: str, *, loaded_at: datetime | da
     started = time.perf_counter()
     spec = DECLARED[table]
     history_name = VERSIONED[table]
-    DECLARED[history_name].sa_table(sa.MetaData()).create(conn, checkfirst=True)
+    declared = DECLARED[history_name].sa_table(sa.MetaData())
+    declared.create(conn, checkfirst=True)
+    existing = {c["name"] for c in sa.inspect(conn).get_columns(history_name)}
+    for column in declared.columns:  # a column added to the table's spec since: unknown (NULL) in older versions
+        if column.name not in existing:
+            conn.execute(sa.text(f'ALTER TABLE "{history_name}" ADD COLUMN "{column.name}" {column.type.compile(conn.dialect)}'))
     h, t = f'"{history_name}"', f'"{table}"'
     latest = _scalar(conn, f"SELECT MAX(valid_from) FROM {h}")
     if loaded_at is not None:

@@ -410,3 +410,16 @@ def test_ingest_records_each_extract_at_its_run_date(tmp_path) -> None:  # noqa:
     at_r2 = state(r2 + timedelta(days=1))
     assert at_r2["priority"].tolist() == ["urgent", "normal"] and at_r2["reopened"].tolist() == [True, False]
     assert list(pd.to_datetime(at_r2["known_since"]).dt.date) == [known[1]] * 2
+
+
+def test_a_column_added_to_a_table_is_added_to_its_history(engine: sa.Engine) -> None:
+    """A spec that gained a column since the history was created: older versions hold NULL
+    (unknown), the next load records the values."""
+    t1, t2 = datetime(2026, 1, 1), datetime(2026, 2, 1)
+    frame = _accounts([("A", "smb"), ("B", "smb")]).assign(country="DE")
+    replace_rows(engine, "accounts", frame, replace_all=True, loaded_at=t1)
+    with engine.begin() as conn:  # as if the history had been created before `country` was declared
+        conn.execute(sa.text('ALTER TABLE accounts_history DROP COLUMN "country"'))
+    replace_rows(engine, "accounts", frame, replace_all=True, loaded_at=t2)
+    history = read_sql(engine, "SELECT account_id, country, valid_from FROM accounts_history ORDER BY account_id, valid_from")
+    assert [None if pd.isna(c) else c for c in history["country"]] == [None, "DE", None, "DE"]
