@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from scipy.special import expit, ndtr
 
 from churnflow import schema
+from churnflow.history import reset_history
 from churnflow.warehouse import replace_rows
 
 log = logging.getLogger(__name__)
@@ -924,18 +925,32 @@ def generate_book(accounts: int = 1500, days: int = 540, seed: int = 42, end_dat
     return book_from_world(world, include_usage=include_usage)
 
 
+def book_end(book: dict[str, pd.DataFrame]) -> datetime:
+    """The day after the book's newest stamped event: the as-of of the book as an extract."""
+    stamped = {"accounts": ["created_at"], "subscriptions": ["start_date", "cancelled_at"], "usage": ["occurred_at"],
+               "tickets": ["opened_at", "closed_at"], "surveys": ["submitted_at"]}
+    newest = [pd.to_datetime(book[t][c]).max() for t, cols in stamped.items() if t in book for c in cols if c in book[t]]
+    newest = [n for n in newest if pd.notna(n)]
+    last = max(newest) if newest else pd.Timestamp(DEFAULT_END_DATE) - pd.Timedelta(days=1)
+    return (last.normalize() + pd.Timedelta(days=1)).to_pydatetime()
+
+
 def write_book(engine: sa.Engine, book: dict[str, pd.DataFrame],
-               usage_chunks: Iterable[pd.DataFrame] | None = None) -> dict[str, int]:
+               usage_chunks: Iterable[pd.DataFrame] | None = None, *, loaded_at: datetime | date | None = None) -> dict[str, int]:
     """Replace each of the book's tables in the warehouse; return rows written per table.
 
     With ``usage_chunks`` the usage table is replaced by the first chunk and appended to by
-    the rest, so a book far larger than memory can be written.
+    the rest, so a book far larger than memory can be written. A book is a new world, not
+    a later extract of the previous one: the state tables' history restarts, as one load at
+    ``loaded_at`` (default: the book's end, :func:`book_end`).
     """
+    loaded_at = loaded_at or book_end(book)
+    reset_history(engine, list(book))
     counts: dict[str, int] = {}
     for name, frame in book.items():
         if name == "usage" and usage_chunks is not None:
             continue
-        counts[name] = replace_rows(engine, name, frame, replace_all=True)
+        counts[name] = replace_rows(engine, name, frame, replace_all=True, loaded_at=loaded_at)
     if usage_chunks is not None:
         total = 0
         for i, chunk in enumerate(usage_chunks):
@@ -957,4 +972,4 @@ def write_demo_book(engine: sa.Engine, accounts: int = 1500, days: int = 540, se
     """
     world = simulate_world(accounts=accounts, days=days, seed=seed, end_date=end_date)
     book = book_from_world(world, include_usage=False)
-    return write_book(engine, book, usage_chunks=iter_usage_chunks(world, density=usage_density))
+    return write_book(engine, book, usage_chunks=iter_usage_chunks(world, density=usage_density), loaded_at=world.end_date)

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1513,18 +1513,24 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
                 replace_usage_by_day(conn, good)
                 t.rows_loaded = len(good)
             else:
-                t.rows_loaded = replace_rows(conn, p.table, good, replace_all=True)
+                # versions known from the end of the run date (the extract may hold that whole day):
+                # features as of D read only what was loaded by D (churnflow.history)
+                t.rows_loaded = replace_rows(conn, p.table, good, replace_all=True, loaded_at=_end_of(run_date))
             log.info("ingest %s: %s written (%d rows), not committed yet", run_id, p.table, t.rows_loaded)
         for name, q in quarantine.items():
             replace_rows(conn, QUARANTINE_TABLE, q if len(q) else contracts.empty_quarantine(), where={"table_name": name})
         if model.attributes or table_exists(conn, ACCOUNT_ATTRIBUTES.name):
             rows = pd.concat([a for a in attribute_rows if len(a)], ignore_index=True) if any(len(a) for a in attribute_rows) else None
             replace_rows(conn, ACCOUNT_ATTRIBUTES.name, coerce(rows if rows is not None else pd.DataFrame(columns=ACCOUNT_ATTRIBUTES.column_names),
-                                                               ACCOUNT_ATTRIBUTES), replace_all=True)
+                                                               ACCOUNT_ATTRIBUTES), replace_all=True, loaded_at=_end_of(run_date))
         m = sa.table(INGEST_MANIFEST.name, sa.column("run_id"), sa.column("finished_at"))
         conn.execute(m.update().where(m.c.run_id == run_id).values(finished_at=datetime.now()))
     log.info("ingest %s: %s", run_id, {t.table: (t.rows_loaded, t.rows_quarantined) for t in report.tables})
     return report
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day) + timedelta(days=1)
 
 
 def _failure_message(report: IngestReport) -> str:

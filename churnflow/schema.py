@@ -393,6 +393,35 @@ CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, 
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}
 DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS, **DERIVED}
 
+# -- history of the state tables (churnflow.history) ------------------------------------
+# Sources that overwrite rows (a ticket reopened, a term extended, a segment changed) keep
+# every loaded version here, so features as of D read the version known at D. Generated
+# from the state tables' own specs: a column added there is versioned without an edit here.
+
+STATE_TABLES = ("accounts", "subscriptions", "tickets", "account_attributes")
+
+
+def history_spec(spec: TableSpec) -> TableSpec:
+    """``<table>_history``: the table's columns (all optional: they are copies) plus the
+    version's validity; key: the table's key and ``valid_from``."""
+    return TableSpec(
+        f"{spec.name}_history",
+        f"Every loaded version of the rows of `{spec.name}` (churnflow.history); features as of D read the version valid at D.",
+        (
+            *[Column(c.name, c.kind, c.description, required=c.required and c.name in spec.key) for c in spec.columns],
+            Column("valid_from", "timestamp", "When this version became known: the end of the ingest's run date (a demo book: its end)."),
+            Column("valid_to", "timestamp", "When a later load changed or dropped the row; empty while this version is current.", required=False),
+            Column("first_version", "bool", "True for the earliest version of the key: it also stands for every date before it was loaded."),
+        ),
+        key=(*spec.key, "valid_from"),
+    )
+
+
+HISTORY: dict[str, TableSpec] = {
+    f"{name}_history": history_spec(DECLARED[name]) for name in STATE_TABLES if name in DECLARED and DECLARED[name].key
+}
+DECLARED = {**DECLARED, **HISTORY}
+
 
 def coerce(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     """Return ``frame`` with exactly the spec's columns in order and types.

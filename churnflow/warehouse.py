@@ -12,6 +12,7 @@ import logging
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -252,12 +253,16 @@ def replace_rows(
     where: Mapping[str, Any] | None = None,
     *,
     replace_all: bool = False,
+    loaded_at: datetime | date | None = None,
 ) -> int:
     """Delete the rows matching ``where`` (or all rows) and insert ``frame``, in one transaction.
 
     This is how every stage writes: a re-run for the same partition replaces, never
     duplicates. Returns the number of rows inserted. Given a connection, the write joins
-    the caller's transaction (ingest commits all its tables at once).
+    the caller's transaction (ingest commits all its tables at once). A write to a state
+    table (accounts, subscriptions, tickets...) also records its rows' versions, as of
+    ``loaded_at`` (the extract's as-of; ``None`` corrects the latest load), in the same
+    transaction (churnflow.history).
     """
     created = ensure_table(engine, name, frame)
     # A lightweight table clause: no reflection (duckdb-engine cannot reflect constraints).
@@ -274,6 +279,10 @@ def replace_rows(
             from features.rollups import record_usage_write
 
             record_usage_write(conn, frame, whole_table=replace_all or bool(where))
+        from churnflow.history import VERSIONED, record_versions
+
+        if name in VERSIONED:  # features as of D read the version known at D
+            record_versions(conn, name, loaded_at=loaded_at)
     log.debug("wrote %d rows to %s", len(frame), name)
     return len(frame)
 
@@ -288,17 +297,34 @@ def insert_frame(conn: sa.Connection, name: str, frame: pd.DataFrame) -> None:
 
 
 def _insert_frame(conn: sa.Connection, table: sa.TableClause, frame: pd.DataFrame) -> None:
+    try:
+        _bulk_insert(conn, table, frame)
+    except Exception as exc:  # noqa: BLE001 - the drivers' own constraint errors, raised outside SQLAlchemy
+        if type(exc).__name__ not in ("ConstraintException", "UniqueViolation", "NotNullViolation"):
+            raise
+        spec = DECLARED.get(table.name)
+        key = f" (key: {', '.join(spec.key)})" if spec is not None and spec.key else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise WarehouseError(f"table '{table.name}' refused the rows{key}: {first}; nothing of this write was kept") from None
+
+
+def _bulk_insert(conn: sa.Connection, table: sa.TableClause, frame: pd.DataFrame) -> None:
     columns = [c for c in table.columns.keys() if c in frame.columns]
     frame = frame[columns]
     name = conn.dialect.name
     if name == "duckdb":
         raw = conn.connection.driver_connection
         raw.register("_churnflow_frame", frame)
+        failed = False
         try:
             cols = ", ".join(f'"{c}"' for c in columns)
             raw.execute(f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM _churnflow_frame')
+        except Exception:
+            failed = True
+            raise
         finally:
-            raw.unregister("_churnflow_frame")
+            if not failed:  # an aborted transaction refuses even this; the view goes with the rollback
+                raw.unregister("_churnflow_frame")
     elif name == "postgresql":
         buffer = io.StringIO()
         frame.to_csv(buffer, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S.%f")

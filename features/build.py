@@ -7,6 +7,22 @@ dialect-neutral SQL with bound parameters (the same text runs on DuckDB and Post
 usage windows read the daily rollups of ``features.rollups``; commercial, support and
 perception read their tables directly. pandas assembles the per-account frame and derives
 the ratios, trends and categories from the aggregates.
+
+Accounts, subscriptions and tickets are read as they were known at D, from their history
+(``churnflow.history.state_at_sql``): a segment, end date, ARR, seat count, priority or
+close recorded by a load after D is invisible at D. Fields whose timing a row does not
+carry are used only when it can be known at D:
+
+* reopen flag (``reopen_rate_90d``, ``first_contact_resolution_90d``): a flag has no date,
+  so it counts for D only when the version saying so was loaded at or before D, and only
+  for tickets closed before D; otherwise it is unknown (NULL, the features are NaN). Not
+  even ``false`` is used from a later load: keeping only the tickets that were never
+  reopened would bias the rate to zero.
+* first response (``median_first_response_minutes_90d``): counts only when it came before
+  D, ``opened_at + first_response_minutes < D``.
+* close, resolution time and CSAT: only for tickets closed before D (``closed_at < D``);
+  a ticket closed on or after D is open at D.
+* cancellation: only when recorded before D (``cancelled_at < D``).
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import sqlalchemy as sa
 from churnflow import schema
 from churnflow.fingerprint import source_version
 from churnflow.manifest import available_tables, read_manifest
+from churnflow.history import state_at_sql, sync_history
 from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
 from features.catalogue import CATALOGUE, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION, Feature, feature_catalogue
 from features.labels import active_accounts
@@ -97,7 +114,9 @@ WHERE activity_date >= :day365 AND activity_date < :as_of_day
 GROUP BY account_id
 """
 
-ACCOUNTS_SQL = "SELECT account_id, segment, created_at FROM accounts WHERE created_at < :as_of"
+# ``{accounts}``, ``{subscriptions}``, ``{tickets}``: the rows as known at :as_of
+# (churnflow.history.state_at_sql), filled in by :func:`_at_as_of`.
+ACCOUNTS_SQL = "SELECT account_id, segment, created_at FROM {accounts} AS accounts WHERE created_at < :as_of"
 
 # Commercial state as known at D: terms started before D; a cancellation recorded on or after
 # D is invisible. A term is in force at D while it is not cancelled and its end_date is empty
@@ -110,7 +129,7 @@ _COMMERCIAL_TERMS = """
 known AS (
   SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew, billing_period, renewal_date,
     CASE WHEN cancelled_at < :as_of THEN cancelled_at END AS cancelled_at
-  FROM subscriptions
+  FROM {subscriptions} AS subscriptions
   WHERE start_date < :as_of
 ), uncancelled AS (
   SELECT subscription_id, account_id, plan, seats, arr, start_date, end_date, auto_renew, billing_period, renewal_date,
@@ -200,7 +219,7 @@ def next_renewal(terms: pd.DataFrame, as_of: date) -> pd.Series:
 
 def days_to_renewal(engine: sa.Engine, as_of: date, params: dict) -> pd.Series:
     """Days from D to each active account's earliest next renewal (NaN when unknown)."""
-    terms = read_sql(engine, RENEWAL_TERMS_SQL, params)
+    terms = read_sql(engine, _at_as_of(engine, RENEWAL_TERMS_SQL), params)
     if terms.empty:
         return pd.Series(dtype=float, name="days_to_renewal")
     terms["next_renewal"] = next_renewal(terms, as_of)
@@ -208,18 +227,22 @@ def days_to_renewal(engine: sa.Engine, as_of: date, params: dict) -> pd.Series:
     return ((first - pd.Timestamp(_ts(as_of))).dt.days).astype(float).rename("days_to_renewal")
 
 
-# Support: a ticket's close, reopen flag and CSAT are known at D only if it closed before D.
+# Support, from the tickets as known at D: a close (and resolution time) counts only if it
+# came before D, a first response only if it came before D, a reopen flag only if the
+# version saying so was loaded by D (module docstring).
 SUPPORT_SQL = """
 SELECT account_id,
   SUM(CASE WHEN opened_at >= :d30 THEN 1 ELSE 0 END) AS tickets_30d,
   SUM(CASE WHEN opened_at >= :d90 THEN 1 ELSE 0 END) AS tickets_90d,
   SUM(CASE WHEN closed_at IS NULL OR closed_at >= :as_of THEN 1 ELSE 0 END) AS open_tickets,
   AVG(CASE WHEN opened_at >= :d90 THEN CASE WHEN priority IN ('high', 'urgent') THEN 1.0 ELSE 0.0 END END) AS high_priority_share_90d,
-  percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN opened_at >= :d90 THEN first_response_minutes END) AS median_first_response_minutes_90d,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN opened_at >= :d90
+    AND first_response_minutes < EXTRACT(EPOCH FROM (:as_of - opened_at)) / 60.0 THEN first_response_minutes END) AS median_first_response_minutes_90d,
   percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN opened_at >= :d90 AND closed_at < :as_of
     THEN EXTRACT(EPOCH FROM (closed_at - opened_at)) / 3600.0 END) AS median_resolution_hours_90d,
-  AVG(CASE WHEN opened_at >= :d90 AND closed_at < :as_of THEN CASE WHEN reopened THEN 1.0 ELSE 0.0 END END) AS reopen_rate_90d
-FROM tickets
+  AVG(CASE WHEN opened_at >= :d90 AND closed_at < :as_of AND known_since <= :as_of
+    THEN CASE WHEN reopened THEN 1.0 ELSE 0.0 END END) AS reopen_rate_90d
+FROM {tickets} AS tickets
 WHERE opened_at < :as_of AND (opened_at >= :d90 OR closed_at IS NULL OR closed_at >= :as_of)
 GROUP BY account_id
 """
@@ -277,22 +300,16 @@ ATTRIBUTE_TABLE = "account_attributes"
 # Account attributes: one value per account (rows without a subscription).
 ACCOUNT_ATTRIBUTES_SQL = """
 SELECT account_id, name, MAX(value_number) AS value_number, MAX(value_text) AS value_text
-FROM account_attributes
+FROM {account_attributes} AS account_attributes
 WHERE subscription_id IS NULL AND name IN :names
 GROUP BY account_id, name
 """
 
 # Subscription attributes: the value on the account's main active term at D (highest ARR,
 # the same rule as the commercial features' plan), as known at D.
-SUBSCRIPTION_ATTRIBUTES_SQL = """
-WITH active AS (
-  SELECT subscription_id, account_id,
-    ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY arr DESC, subscription_id) AS arr_rank
-  FROM subscriptions
-  WHERE start_date < :as_of AND end_date >= :as_of AND (cancelled_at IS NULL OR cancelled_at >= :as_of)
-)
+SUBSCRIPTION_ATTRIBUTES_SQL = "WITH " + _COMMERCIAL_TERMS + """
 SELECT active.account_id, a.name, MAX(a.value_number) AS value_number, MAX(a.value_text) AS value_text
-FROM account_attributes a
+FROM {account_attributes} AS a
 JOIN active ON active.subscription_id = a.subscription_id AND active.arr_rank = 1
 WHERE a.name IN :names
 GROUP BY active.account_id, a.name
@@ -302,8 +319,10 @@ DEFAULT_EVENT_TYPES_TOP = 8  # the usage_event_types_top setting's default
 
 
 def refresh_derived(engine: sa.Engine, since: date, *, recheck_days: int = 3) -> RollupReport:
-    """Bring the tables the windows read up to date (usage rollups, scored comments), for
-    the sources this book has."""
+    """Bring the tables the windows read up to date (usage rollups, scored comments, and the
+    state tables' history, in case another tool rewrote a table directly), for the sources
+    this book has."""
+    sync_history(engine)
     available = available_tables(engine)
     report = refresh_usage_rollups(engine, recheck_days=recheck_days) if "usage" in available else RollupReport(False, 0, 0, 0.0)
     if "surveys" in available:
@@ -313,6 +332,11 @@ def refresh_derived(engine: sa.Engine, since: date, *, recheck_days: int = 3) ->
 
 def _per_account(engine: sa.Engine, sql: str, params: dict) -> pd.DataFrame:
     return read_sql(engine, sql, params).set_index("account_id")
+
+
+def _at_as_of(engine: sa.Engine, sql: str) -> str:
+    """``sql`` reading each state table as known at :as_of (its history, when it has one)."""
+    return sql.format(**{table: state_at_sql(engine, table) for table in ("accounts", "subscriptions", "tickets", ATTRIBUTE_TABLE)})
 
 
 def learn_event_types(engine: sa.Engine, as_of: date, top: int = DEFAULT_EVENT_TYPES_TOP) -> tuple[str, ...]:
@@ -367,7 +391,7 @@ def _attribute_frame(engine: sa.Engine, params: dict, features: list[Feature], i
         mine = [f for f in features if (f.table or "accounts") == table]
         if not mine:
             continue
-        stmt = sa.text(sql).bindparams(sa.bindparam("names", expanding=True))
+        stmt = sa.text(_at_as_of(engine, sql)).bindparams(sa.bindparam("names", expanding=True))
         rows = read_sql(engine, stmt, {**params, "names": [f.key for f in mine]})
         for f in mine:
             values = rows[rows["name"] == f.key].set_index("account_id")
@@ -391,9 +415,9 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True, cata
     catalogue = tuple(catalogue) if catalogue is not None else book_catalogue(engine, as_of, event_types_top)
     available = available_tables(engine)
     params = bounds(as_of)
-    accounts = _per_account(engine, ACCOUNTS_SQL, params)
+    accounts = _per_account(engine, _at_as_of(engine, ACCOUNTS_SQL), params)
     if "subscriptions" in available:
-        commercial = _per_account(engine, COMMERCIAL_SQL, params)
+        commercial = _per_account(engine, _at_as_of(engine, COMMERCIAL_SQL), params)
         commercial = commercial.join(days_to_renewal(engine, as_of, params))
     else:  # no subscriptions (churn from churn_events): commercial features are unknown
         commercial = pd.DataFrame(columns=["arr", "seats", "plan", "auto_renew", "downgrades_365d", "days_to_renewal"],
@@ -411,7 +435,7 @@ def build_features(engine: sa.Engine, as_of: date, *, refresh: bool = True, cata
     missing = sorted(wanted - available)
     if missing:
         log.warning("features as of %s: source(s) %s not available; their features are missing", as_of, ", ".join(missing))
-    queries = {"usage": (USAGE_USERS_SQL, USAGE_BREADTH_SQL, USAGE_EVENTS_SQL), "tickets": (SUPPORT_SQL,), "surveys": (PERCEPTION_SQL, VERBATIM_SQL)}
+    queries = {"usage": (USAGE_USERS_SQL, USAGE_BREADTH_SQL, USAGE_EVENTS_SQL), "tickets": (_at_as_of(engine, SUPPORT_SQL),), "surveys": (PERCEPTION_SQL, VERBATIM_SQL)}
     for table, sqls in queries.items():
         if table in wanted and table in available:
             for sql in sqls:
@@ -520,20 +544,23 @@ def as_model_frame(features: pd.DataFrame, names: Sequence[str] | None = None, c
 
 
 # The rows features as of D read, per input table: (columns, rows-known-at-D condition).
+# State tables are read as known at D (their version valid at D, and when it was loaded).
 _FINGERPRINTED: dict[str, tuple[list[str], str]] = {
     "accounts": (["account_id", "segment", "created_at"], "created_at < :as_of"),
     # start_date = D too: a renewal starting on D keeps an account whose term ends on D active.
     "subscriptions": (["subscription_id", "account_id", "plan", "seats", "arr", "start_date", "end_date", "cancelled_at", "auto_renew",
                        "billing_period", "renewal_date"], "start_date <= :as_of"),
     "churn_events": (["account_id", "churn_date", "reactivated_at"], "churn_date <= :as_of"),
-    "tickets": (["ticket_id", "account_id", "opened_at", "closed_at", "priority", "first_response_minutes", "reopened"], "opened_at < :as_of"),
+    "tickets": (["ticket_id", "account_id", "opened_at", "closed_at", "priority", "first_response_minutes", "reopened", "known_since"],
+                "opened_at < :as_of"),
     "surveys": (["response_id", "account_id", "submitted_at", "kind", "score", "comment"], "submitted_at >= :d365 AND submitted_at < :as_of"),
     ATTRIBUTE_TABLE: (["account_id", "subscription_id", "name", "value_number", "value_text"], "1 = 1"),
 }
 
 
 # The code a day's features are a function of (part of their fingerprint).
-BUILDER_MODULES = ("features.build", "features.catalogue", "features.labels", "features.rollups", "features.text", "churnflow.manifest")
+BUILDER_MODULES = ("features.build", "features.catalogue", "features.labels", "features.rollups", "features.text", "churnflow.manifest",
+                   "churnflow.history")
 
 
 def catalogue_signature(catalogue: Sequence[Feature]) -> str:
@@ -560,7 +587,8 @@ def input_fingerprint(engine: sa.Engine, as_of: date, catalogue: Sequence[Featur
             continue
         if table == ATTRIBUTE_TABLE and not (any(f.origin == "attribute" for f in catalogue) and table_exists(engine, table)):
             continue
-        sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM "{table}" WHERE {condition}'
+        source = state_at_sql(engine, table)
+        sql = f'SELECT COUNT(*) AS n, {content_hash_sql(engine.dialect.name, columns)} AS h FROM {source} AS "{table}" WHERE {condition}'
         row = read_sql(engine, sql, params).iloc[0]
         parts.append(f"{table}:{int(row['n'])}:{row['h']}")
     if "usage" in available:
