@@ -20,7 +20,8 @@ from typing import Any
 import requests
 from simple_salesforce import Salesforce
 
-from crm_sync.local_server import API_VERSION, LocalSalesforce, certificate_file, serve_until_signalled
+from churnflow.errors import ChurnflowError
+from crm_sync.local_server import API_VERSION, LocalSalesforce, certificate_file, instance_file, serve_until_signalled
 from crm_sync.push import DEFAULT_RETRY, RetryPolicy, _describe_exc, is_retryable
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def connect(settings: Any, *, timeout: float | tuple[float, float] = DEFAULT_TIM
         if not port:
             raise ValueError("local_crm_port is 0: start the local CRM first (crm_sync.client.local_crm) so a port is known")
         log.info("connecting to the local CRM on 127.0.0.1:%s", port)
+        verify_local_instance(settings.crm_dir, port)
         return connect_local(port=port, cert_dir=settings.crm_dir, timeout=timeout, retry=retry)
     if not settings.sf_username:
         raise ValueError("sf_username is required to connect to Salesforce (CHURNFLOW_SF_USERNAME)")
@@ -157,6 +159,28 @@ def connect(settings: Any, *, timeout: float | tuple[float, float] = DEFAULT_TIM
     ), policy, "Salesforce login")
 
 
+class ForeignLocalCrm(ChurnflowError):
+    """What listens on the local CRM port is not the local CRM of this churnflow home."""
+
+
+def verify_local_instance(crm_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    """Refuse to push into a server on ``port`` that is not the local CRM started for ``crm_dir``
+    (another user's churnflow, another home, anything else): its instance token must be the
+    one our server wrote beside our certificate, served over TLS with our certificate."""
+    fix = (f"stop it, or give this home another port (CHURNFLOW_LOCAL_CRM_PORT=0 picks a free one), "
+           f"or start this home's CRM with `churnflow crm-server`")
+    expected_file = instance_file(crm_dir)
+    if not expected_file.exists() or not certificate_file(crm_dir).exists():
+        raise ForeignLocalCrm(f"port {port} is taken by a server that is not the local CRM of {crm_dir}: {fix}")
+    try:
+        answer = requests.get(f"https://{host}:{port}/local/instance", verify=str(certificate_file(crm_dir)), timeout=10)
+        served = answer.json().get("instance") if answer.ok else None
+    except (requests.RequestException, ValueError):
+        served = None
+    if served != expected_file.read_text(encoding="utf-8").strip():
+        raise ForeignLocalCrm(f"port {port} is taken by a server that is not the local CRM of {crm_dir}: {fix}")
+
+
 def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -175,7 +199,8 @@ def local_crm(settings: Any) -> Iterator[LocalSalesforce | None]:
     """
     port = settings.local_crm_port
     if port and _port_in_use(port):
-        log.info("a local CRM already listens on port %s; using it", port)
+        verify_local_instance(settings.crm_dir, port)
+        log.info("the local CRM of %s already listens on port %s; using it", settings.crm_dir, port)
         yield None
         return
     server = LocalSalesforce(state_path=settings.crm_dir / "crm.sqlite", port=port, cert_dir=settings.crm_dir)

@@ -421,6 +421,11 @@ def ensure_certificate(cert_dir: Path, host: str = "127.0.0.1") -> tuple[Path, P
     return cert_path, key_path
 
 
+def instance_file(cert_dir: Path) -> Path:
+    """Where a running local CRM writes its instance token (beside its certificate)."""
+    return Path(cert_dir) / "instance"
+
+
 def certificate_file(cert_dir: Path) -> Path:
     """Where the local CRM's certificate is cached (clients trust this file)."""
     return Path(cert_dir) / "local-crm-cert.pem"
@@ -623,10 +628,17 @@ class LocalSalesforce:
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="local-salesforce", daemon=True)
         self._thread.start()
+        # Who is this server: a client holding the same crm_dir reads the token from the file and
+        # checks it against /local/instance, so it never pushes into another home's CRM.
+        self.instance_token = secrets.token_hex(16)
+        instance_file(self.cert_dir).write_text(self.instance_token, encoding="utf-8")
         log.info("local Salesforce-compatible server listening on %s", self.base_url)
         return self.base_url
 
     def stop(self) -> None:
+        token = getattr(self, "instance_token", None)
+        if token and instance_file(self.cert_dir).exists() and instance_file(self.cert_dir).read_text(encoding="utf-8") == token:
+            instance_file(self.cert_dir).unlink()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -1027,6 +1039,8 @@ class LocalSalesforce:
             except ValueError as exc:
                 raise ApiError(400, "INVALID_INPUT", str(exc)) from None
             return json_response(200, {"ids": ids})
+        if path == "/local/instance" and method == "GET":  # churnflow-only: which server this is
+            return json_response(200, {"instance": getattr(self, "instance_token", None)})
         if endpoint == "page" and method == "GET":
             return Response(200, self.render_page().encode("utf-8"), "text/html; charset=utf-8")
         if path.rstrip("/") == "/services/data" and method == "GET":
