@@ -445,6 +445,20 @@ def bench_crm_cmd(
                                            min_trend=settings.crm_min_trend_change)))
 
 
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    events: Annotated[int, typer.Option(help="Raw events in the generated export (one row each).")] = 2_000_000,
+    whole: Annotated[bool, typer.Option("--whole/--no-whole", help="Also time reading the same rows whole, for comparison.")] = True,
+) -> None:
+    """Time a raw event table streamed in chunks beside read whole (seconds, rows/s, peak memory)."""
+    import tempfile
+
+    from churnflow.ingest_bench import bench_ingest
+
+    with tempfile.TemporaryDirectory(prefix="churnflow-bench-ingest-") as work:
+        console.print_json(json.dumps(bench_ingest(Path(work), events=events, whole=whole)))
+
+
 @app.command("crm-pull")
 def crm_pull_cmd() -> None:
     """Read account owners (and renewal dates, if a field is configured) back from the CRM."""

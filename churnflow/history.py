@@ -41,6 +41,7 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
+from churnflow.errors import ChurnflowError
 from churnflow.schema import DECLARED, HISTORY, TableSpec
 from churnflow.warehouse import drop_tables, table_exists
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 VERSIONED: dict[str, str] = {name.removesuffix("_history"): name for name in HISTORY}
 
 
-class HistoryError(ValueError):
+class HistoryError(ChurnflowError, ValueError):
     """A state table whose rows cannot be versioned (a key missing or shared); names the table."""
 
 

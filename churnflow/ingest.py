@@ -57,9 +57,9 @@ from churnflow.errors import ChurnflowError
 from churnflow import contracts
 from churnflow.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
 from churnflow.manifest import AttributeSpec, DataManifest
-from churnflow.schema import ACCOUNT_ATTRIBUTES, CANONICAL, INGEST_MANIFEST, Column, TableSpec, coerce
+from churnflow.schema import ACCOUNT_ATTRIBUTES, CANONICAL, INGEST_MANIFEST, SA_TYPES, Column, TableSpec, coerce
 from churnflow.warehouse import drop_tables, ensure_table, read_sql, replace_rows, table_exists
-from features.rollups import replace_usage_by_day
+from features.rollups import replace_usage_by_day, replace_usage_by_day_from
 
 log = logging.getLogger(__name__)
 
@@ -703,6 +703,102 @@ def read_file(path: Path, opts: Options, expected: list[str] | None = None, *, a
     return frame
 
 
+STREAMED_TABLES = ("usage",)
+"""Canonical tables whose file sources are read in chunks: event tables, the ones that grow to tens of millions of rows."""
+
+STREAM_CHUNK_ROWS = 200_000
+"""Rows per chunk when a usage file source is streamed (bounds ingest memory whatever the file size)."""
+
+
+def _check_header(path: Path, columns: list[str], opts: Options, expected: list[str] | None) -> list[str]:
+    """The structural checks of :func:`read_file` on a header alone."""
+    columns = [str(c).strip() for c in columns]
+    if len(columns) == 1 and path.suffix.lower() not in (".parquet", ".pq"):
+        others = [d for d in CANDIDATE_DELIMITERS if d != opts.delimiter and d in columns[0]]
+        if others:
+            raise SourceError(
+                f"{path}: the whole header landed in one column ({columns[0]!r}); expected delimiter {opts.delimiter!r} "
+                f"but the header looks {others[0]!r}-delimited; set options.delimiter"
+            )
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise SourceError(f"{path}: duplicate column names {dupes}")
+    if expected:
+        missing = [c for c in expected if c not in columns]
+        if missing:
+            raise SourceError(f"{path}: missing column(s) {missing}; expected {expected}; found {columns}")
+    return columns
+
+
+def iter_file_chunks(path: Path, opts: Options, expected: list[str] | None = None, *, allow_empty: bool = False,
+                     chunk_rows: int | None = None):
+    """:func:`read_file` in chunks of ``chunk_rows`` rows, with the same checks and the same
+    ``_source_file`` / ``_source_row`` columns, so a raw event table of any size is read in
+    bounded memory. A byte that is not in the encoding is reported with the rows around it."""
+    chunk_rows = chunk_rows or STREAM_CHUNK_ROWS
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc}") from None
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise SourceError(f"{path}: not a readable Parquet file: {exc}") from None
+        _check_header(path, list(parquet.schema_arrow.names), opts, expected)
+        offset = 0
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            frame = batch.to_pandas()
+            frame[SOURCE_FILE_COL] = path.name
+            frame[SOURCE_ROW_COL] = np.arange(offset + 1, offset + len(frame) + 1, dtype=np.int64)
+            offset += len(frame)
+            yield frame
+        return
+    if size == 0 or (size < 4096 and not path.read_bytes().strip()):
+        if allow_empty:
+            yield read_file(path, opts, expected, allow_empty=True)
+            return
+        want = f" with columns {expected}" if expected else ""
+        raise SourceError(f"{path}: the file is empty; expected a header line{want} and data rows")
+    encoding = opts.encoding
+    if encoding.lower().replace("-", "").replace("_", "") == "utf8":
+        encoding = "utf-8-sig"
+    offset = 0
+    try:
+        with open(path, encoding=encoding, newline="") as handle:
+            reader = pd.read_csv(handle, sep=opts.delimiter, quotechar=opts.quotechar, dtype=str, keep_default_na=False,
+                                 na_values=opts.null_values, engine="c", chunksize=chunk_rows)
+            for frame in reader:
+                if offset == 0:
+                    frame.columns = _check_header(path, list(frame.columns), opts, expected)
+                else:
+                    frame.columns = [str(c).strip() for c in frame.columns]
+                frame[SOURCE_FILE_COL] = path.name
+                frame[SOURCE_ROW_COL] = np.arange(offset + 1, offset + len(frame) + 1, dtype=np.int64)
+                offset += len(frame)
+                yield frame
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{path}: not valid {opts.encoding} after data row {offset} (byte 0x{exc.object[exc.start]:02x}); "
+            f"set options.encoding (e.g. latin-1 or cp1252) if the file is not {opts.encoding}"
+        ) from None
+    except LookupError:
+        raise SourceError(f"{path}: unknown encoding {opts.encoding!r}") from None
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: the file is empty; expected a header line and data rows") from None
+    except pd.errors.ParserError as exc:
+        raise SourceError(f"{path}: cannot parse as CSV with delimiter {opts.delimiter!r} after data row {offset}: {exc}") from None
+
+
+def _check_file_header(path: Path, opts: Options, expected: list[str] | None, *, allow_empty: bool) -> None:
+    """Fail fast, before anything is written, on a streamed file's structural problems."""
+    first = next(iter_file_chunks(path, opts, expected, allow_empty=allow_empty, chunk_rows=1), None)
+    if first is None and not allow_empty:
+        raise SourceError(f"{path}: no data rows; refusing to replace the table with an empty one (or set allow_empty: true)")
+
+
 def _expected_source_columns(src: TableSource, spec: TableSpec) -> list[str]:
     """Source columns a file/query must have: the mapped ones (and canonical-named required ones are checked later)."""
     return list(dict.fromkeys(src.columns[c.name] for c in spec.columns if c.name in src.columns))
@@ -819,6 +915,30 @@ class PreparedTable:
     @property
     def rows_quarantined(self) -> int:
         return int((~self.good).sum())
+
+
+@dataclass
+class StreamedTable:
+    """A usage file source checked chunk by chunk (:func:`_stream_table`): the counts, the
+    quarantine records and the per-day hashes of the whole extract, its good rows written to
+    ``load_table`` (a validate run only checks). Memory is bounded by the chunk size."""
+
+    table: str
+    source: RawSource  # an empty frame: the label and files
+    columns: list[str]  # the source header
+    rows_read: int = 0  # rows kept by keep_rows, as PreparedTable.rows_read
+    rows_quarantined: int = 0
+    skipped: int = 0
+    violations: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=contracts.VIOLATION_COLUMNS))
+    quarantine: pd.DataFrame = field(default_factory=contracts.empty_quarantine)
+    cleared: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=contracts.VIOLATION_COLUMNS))
+    day_parts: pd.DataFrame | None = None
+    load_table: str | None = None
+    features_seen: set[str] = field(default_factory=set)
+
+    @property
+    def good(self) -> np.ndarray:
+        return np.ones(self.rows_read - self.rows_quarantined, dtype=bool)
 
 
 def _source_location(raw: RawSource, row: int) -> str:
@@ -1386,6 +1506,63 @@ def _attribute_rows(prep: PreparedTable, model: MappingFile) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ACCOUNT_ATTRIBUTES.column_names)
 
 
+def _stream_table(
+    engine: sa.Engine, name: str, paths: list[Path], src: TableSource, opts: Options, *, run_date: date, known: pd.Index | None,
+    where: str, notes: list[str], run_id: str, now: datetime, write: bool, crm_id_field: str,
+) -> StreamedTable:
+    """Map, coerce and check a usage file source chunk by chunk, exactly as
+    :func:`prepare_table` does for a whole table, and (``write``) append the good rows to a
+    load table the final transaction copies from. The day hashes add up across chunks."""
+    from features.rollups import add_day_hash_parts, day_hash_parts
+
+    label = ", ".join(p.name for p in paths)
+    streamed = StreamedTable(name, RawSource(pd.DataFrame(), label, "file", paths), columns=[])
+    parts: list[pd.DataFrame] = []
+    violations: list[pd.DataFrame] = []
+    quarantine: list[pd.DataFrame] = []
+    if write:
+        streamed.load_table = f"load_{name}_{uuid.uuid4().hex[:12]}"
+        metadata = sa.MetaData()
+        sa.Table(streamed.load_table, metadata, *[sa.Column(c.name, SA_TYPES[c.kind]) for c in CANONICAL[name].columns]).create(engine)
+    expected = _expected_source_columns(src, CANONICAL[name])
+    try:
+        for path in paths:
+            for chunk in iter_file_chunks(path, opts, expected, allow_empty=src.allow_empty):
+                if not streamed.columns:
+                    streamed.columns = [c for c in chunk.columns if not c.startswith("_source_")]
+                raw = RawSource(chunk, path.name, "file", [path])
+                prep = prepare_table(name, raw, src, opts, run_date=run_date, known_accounts=known, where=where, notes=notes,
+                                     crm_id_field=crm_id_field)
+                streamed.rows_read += prep.rows_read
+                streamed.rows_quarantined += prep.rows_quarantined
+                streamed.skipped += prep.skipped
+                if len(prep.violations):
+                    violations.append(prep.violations[["field", "reason"]])
+                    quarantine.append(_quarantine_records(prep, run_id, now))
+                good = coerce(prep.frame.loc[prep.good], CANONICAL[name])
+                if len(good):
+                    parts.append(day_hash_parts(good))
+                    streamed.features_seen |= set(good["feature"].dropna().astype(str))
+                    if write:
+                        replace_rows(engine, streamed.load_table, good)
+    except BaseException:
+        drop_load_table(engine, streamed)
+        raise
+    streamed.day_parts = add_day_hash_parts(parts)
+    if violations:
+        streamed.violations = pd.concat(violations, ignore_index=True)
+    if quarantine:
+        streamed.quarantine = contracts.quarantine_frame(pd.concat(quarantine, ignore_index=True))
+    return streamed
+
+
+def drop_load_table(engine: sa.Engine, prep: object) -> None:
+    """Drop a streamed table's load table once the load committed or failed."""
+    load = getattr(prep, "load_table", None)
+    if load:
+        drop_tables(engine, [load])
+
+
 def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_share: float | None, *, write: bool,
          crm_id_field: str = "Id") -> IngestReport:
     mapping = load_mapping(mapping_src)
@@ -1409,12 +1586,17 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
         opts = mapping.options_for(stg, f"staging.{name}.options")
         staged[name] = _read_files(mapping, stg, opts, f"{label}: staging.{name}", None)
     file_tables: dict[str, RawSource] = {}
+    streamed_files: dict[str, list[Path]] = {}
     for name, src in mapped.items():
         opts = mapping.options_for(src, f"tables.{name}.options")
         _constants_ok(src, CANONICAL[name], opts, label, f"tables.{name}")
         for col, value in src.defaults.items():
             _default_value(src, next(c for c in CANONICAL[name].columns if c.name == col), opts, f"{label}: tables.{name}")
-        if src.kind == "file":
+        if src.kind == "file" and name in STREAMED_TABLES:  # read chunk by chunk in step 3; check the headers now
+            streamed_files[name] = _resolve_files(mapping, src.files(), f"{label}: tables.{name}")
+            for path in streamed_files[name]:
+                _check_file_header(path, opts, _file_columns(model, name, src), allow_empty=src.allow_empty)
+        elif src.kind == "file":
             file_tables[name] = _read_files(mapping, src, opts, f"{label}: tables.{name}", _file_columns(model, name, src),
                                             allow_empty=src.allow_empty)
             if not src.allow_empty:
@@ -1426,6 +1608,7 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
 
     # 3. map, coerce and check each table (accounts first: it defines the known accounts)
     prepared: list[PreparedTable] = []
+    streams: list[StreamedTable] = []
     limits: dict[str, float] = {}
     known: pd.Index | None = None
     order = [t for t in CANONICAL if t in mapped]
@@ -1435,6 +1618,26 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
         src = mapped[name]
         opts = mapping.options_for(src, f"tables.{name}.options")
         where = f"{label}: tables.{name}"
+        limits[name] = _limit(mapping, src, max_bad_share)
+        if name in streamed_files:
+            prep = _stream_table(engine, name, streamed_files[name], src, opts, run_date=run_date, known=known, where=where, notes=notes,
+                                 run_id=run_id, now=now, write=write, crm_id_field=crm_id_field)
+            streams.append(prep)
+            prepared.append(prep)  # type: ignore[arg-type] - the same report interface
+            for column, canonical in unmapped_lookalikes(prep.columns, src, CANONICAL[name], set(src.columns.values()) | set(src.keep_rows)):
+                warnings.append(f"{prep.source.label}: column '{column}' looks like canonical '{canonical}' but is not mapped; map it under "
+                                f"tables.{name}.columns or list it under tables.{name}.ignore_columns")
+            if prep.rows_read == 0 and not src.allow_empty:
+                drop_load_table(engine, prep)
+                raise SourceError(f"{where} ({prep.source.label}): no data rows; refusing to replace '{name}' with an empty table")
+            if prep.skipped:
+                notes.append(f"tables.{name}: {prep.skipped} row(s) skipped by keep_rows ({', '.join(src.keep_rows)})")
+            if model.usage_event_types is not None:
+                unseen = [t for t in model.usage_event_types if str(t).strip() not in prep.features_seen]
+                if unseen:
+                    warnings.append(f"usage_event_types: {unseen} never occur in usage.feature; their features will be zero for every account")
+            log.info("%s: %d rows read in chunks, %d quarantined, %d skipped", name, prep.rows_read + prep.skipped, prep.rows_quarantined, prep.skipped)
+            continue
         raw = file_tables[name] if name in file_tables else _read_warehouse(engine, src, run_date, where)
         if not src.allow_empty:
             _not_empty(raw, name, where)
@@ -1447,7 +1650,6 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
         prep = prepare_table(name, raw, src, opts, run_date=run_date, known_accounts=known if name != "accounts" else None, where=where,
                              notes=notes, attributes=attrs, crm_id_field=crm_id_field)
         prepared.append(prep)
-        limits[name] = _limit(mapping, src, max_bad_share)
         if name == "accounts":
             known = pd.Index(prep.frame.loc[prep.good, "account_id"].astype(str))
         if prep.skipped:
@@ -1461,7 +1663,8 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
                 warnings.append(f"usage_event_types: {unseen} never occur in usage.feature; their features will be zero for every account")
         log.info("%s: %d rows read, %d quarantined, %d skipped", name, prep.rows_read + prep.skipped, prep.rows_quarantined, prep.skipped)
 
-    quarantine = {p.table: _quarantine_records(p, run_id, now) for p in prepared}
+    quarantine = {p.table: p.quarantine if isinstance(p, StreamedTable) else _quarantine_records(p, run_id, now) for p in prepared}
+    notes[:] = list(dict.fromkeys(notes))  # a streamed table notes the same date order once per chunk
     reports = []
     for p in prepared:
         failed = p.rows_read > 0 and p.rows_quarantined / p.rows_read > limits[p.table]
@@ -1482,7 +1685,16 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
     report = IngestReport("ingest" if write else "validate", run_id, run_date, label, reports, all_q, warnings, notes)
     if not write:
         return report
+    try:
+        return _write_load(engine, report, prepared, quarantine, absent, model, run_id, run_date, label)
+    finally:
+        for stream in streams:
+            drop_load_table(engine, stream)
 
+
+def _write_load(engine: sa.Engine, report: IngestReport, prepared: list, quarantine: dict[str, pd.DataFrame], absent: list[str],
+                model: MappingFile, run_id: str, run_date: date, label: str) -> IngestReport:
+    """Step 4 of a run: the manifest row, then every table in one transaction (or none)."""
     # 4. write. The manifest row is recorded first (finished_at empty: a run that dies stays
     # visible as unfinished); everything else commits in ONE transaction, or not at all.
     manifest = manifest_for(model)
@@ -1498,8 +1710,9 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
         for t in report.tables:
             t.rows_loaded = 0
         raise ContractError(_failure_message(report), report)
-    goods = [(p, t, coerce(p.frame.loc[p.good], CANONICAL[p.table])) for p, t in zip(prepared, report.tables)]
-    attribute_rows = [_attribute_rows(p, model) for p in prepared if _attribute_sources(model, p.table)]
+    goods = [(p, t, None if isinstance(p, StreamedTable) else coerce(p.frame.loc[p.good], CANONICAL[p.table]))
+             for p, t in zip(prepared, report.tables)]
+    attribute_rows = [_attribute_rows(p, model) for p in prepared if not isinstance(p, StreamedTable) and _attribute_sources(model, p.table)]
     log.info("ingest %s: writing the load in one transaction", run_id)
     with engine.begin() as conn:
         for name in absent:
@@ -1509,7 +1722,13 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
                 q_table = sa.table(QUARANTINE_TABLE, sa.column("table_name"))
                 conn.execute(q_table.delete().where(q_table.c.table_name == name))
         for p, t, good in goods:
-            if p.table == "usage" and len(good):  # only the days that changed since the last load are rewritten
+            if isinstance(p, StreamedTable):  # copied in SQL from the load table, only the changed days
+                if t.rows_good:
+                    replace_usage_by_day_from(conn, p.load_table, p.day_parts)
+                else:  # an accepted empty extract (allow_empty)
+                    replace_rows(conn, p.table, coerce(pd.DataFrame(columns=CANONICAL[p.table].column_names), CANONICAL[p.table]), replace_all=True)
+                t.rows_loaded = t.rows_good
+            elif p.table == "usage" and len(good):  # only the days that changed since the last load are rewritten
                 replace_usage_by_day(conn, good)
                 t.rows_loaded = len(good)
             else:

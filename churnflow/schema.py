@@ -17,7 +17,7 @@ from features.text import TOPICS
 
 Kind = Literal["str", "int", "float", "bool", "date", "timestamp"]
 
-_SA_TYPES: dict[str, sa.types.TypeEngine] = {
+SA_TYPES: dict[str, sa.types.TypeEngine] = {
     "str": sa.String(),
     "int": sa.BigInteger(),
     "float": sa.Double(),
@@ -68,7 +68,7 @@ class TableSpec:
         return sa.Table(
             self.name,
             metadata,
-            *[sa.Column(c.name, _SA_TYPES[c.kind], nullable=c.name in optional) for c in self.columns],
+            *[sa.Column(c.name, SA_TYPES[c.kind], nullable=c.name in optional) for c in self.columns],
             *key,
         )
 

@@ -24,6 +24,7 @@ import requests
 import sqlalchemy as sa
 from simple_salesforce import Salesforce
 
+from churnflow.errors import ChurnflowError
 from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.ledger import Ledger
@@ -86,7 +87,7 @@ class SyncSummary:
         return f"as of {self.as_of}: " + ("; ".join(parts) if parts else "nothing to push")
 
 
-class CrmSyncFailed(RuntimeError):
+class CrmSyncFailed(ChurnflowError, RuntimeError):
     """Salesforce rejected records: the run wrote what it could, recorded everything, and fails
     loudly (the CLI exits non-zero, the Prefect task and flow fail and notify)."""
 

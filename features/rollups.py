@@ -84,17 +84,38 @@ def _mark_dirty(conn: sa.Connection, days: list[date]) -> None:
             conn.execute(ingest.delete().where(ingest.c.activity_date.in_(batch)))
 
 
-def _day_hashes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per day: row count and an order-independent hash of the day's canonical rows."""
+def day_hash_parts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per day: the (wrapping) sum of the canonical rows' 64-bit hashes and the row count.
+
+    Sums of row hashes are additive, so an extract read in chunks gives the same per-day hash
+    as the whole extract at once (:func:`add_day_hash_parts`)."""
     day = pd.to_datetime(frame["occurred_at"]).dt.normalize()
     row_hash = pd.util.hash_pandas_object(frame[schema.USAGE.column_names], index=False)
     grouped = pd.DataFrame({"day": day, "h": row_hash.to_numpy(dtype="uint64")}).groupby("day")["h"]
-    out = pd.DataFrame({"total": grouped.sum(), "rows": grouped.size()})  # uint64 sums wrap: still a hash
+    return pd.DataFrame({"total": grouped.sum(), "rows": grouped.size()})  # uint64 sums wrap: still a hash
+
+
+def add_day_hash_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Combine the per-day parts of several chunks of one extract."""
+    if not parts:
+        return pd.DataFrame({"total": pd.Series(dtype="uint64"), "rows": pd.Series(dtype="int64")})
+    both = pd.concat(parts)
+    grouped = both.groupby(level=0)
+    return pd.DataFrame({"total": grouped["total"].sum().astype("uint64"), "rows": grouped["rows"].sum()})
+
+
+def day_hashes_from_parts(parts: pd.DataFrame) -> pd.DataFrame:
+    """The ``usage_ingest_days`` rows for per-day parts: day, content hash, rows."""
     return pd.DataFrame({
-        "activity_date": out.index.date,
-        "content_hash": [f"{int(t):016x}-{int(n)}" for t, n in zip(out["total"], out["rows"])],
-        "source_rows": out["rows"].astype("int64").to_numpy(),
+        "activity_date": pd.DatetimeIndex(parts.index).date if len(parts) else pd.Series(dtype=object),
+        "content_hash": [f"{int(t):016x}-{int(n)}" for t, n in zip(parts["total"], parts["rows"])],
+        "source_rows": parts["rows"].astype("int64").to_numpy(),
     })
+
+
+def _day_hashes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per day: row count and an order-independent hash of the day's canonical rows."""
+    return day_hashes_from_parts(day_hash_parts(frame))
 
 
 def replace_usage_by_day(engine: sa.Engine | sa.Connection, frame: pd.DataFrame) -> int:
@@ -105,15 +126,51 @@ def replace_usage_by_day(engine: sa.Engine | sa.Connection, frame: pd.DataFrame)
     or gone. Returns the rows written. Given a connection, the write joins the caller's
     transaction (ingest loads every table or none).
     """
+    def write(conn: sa.Connection, days: set[date] | None) -> int:
+        from churnflow.warehouse import replace_rows
+
+        if days is None:
+            return replace_rows(conn, "usage", frame, replace_all=True)
+        rows = frame[pd.to_datetime(frame["occurred_at"]).dt.normalize().dt.date.isin(days)]
+        if len(rows):
+            insert_frame(conn, "usage", rows)
+        return len(rows)
+
+    return _replace_changed_days(engine, _day_hashes(frame), write)
+
+
+def replace_usage_by_day_from(engine: sa.Engine | sa.Connection, load_table: str, parts: pd.DataFrame) -> int:
+    """:func:`replace_usage_by_day` for an extract already written, chunk by chunk, to
+    ``load_table`` (canonical usage columns) with its per-day hash ``parts``: the rows are
+    copied in SQL, so an extract of any size loads in bounded memory."""
+    cols = ", ".join(f'"{c}"' for c in schema.USAGE.column_names)
+
+    def write(conn: sa.Connection, days: set[date] | None) -> int:
+        if days is None:
+            conn.execute(sa.text("DELETE FROM usage"))
+            record_usage_write(conn, pd.DataFrame(), whole_table=True)
+            return int(conn.execute(sa.text(f'INSERT INTO usage ({cols}) SELECT {cols} FROM "{load_table}"')).rowcount or 0)
+        written = 0
+        for start, end in _ranges(sorted(days)):
+            written += int(conn.execute(sa.text(f'INSERT INTO usage ({cols}) SELECT {cols} FROM "{load_table}" '
+                                                "WHERE occurred_at >= :a AND occurred_at < :b"), {"a": _ts(start), "b": _ts(end)}).rowcount or 0)
+        return written
+
+    return _replace_changed_days(engine, day_hashes_from_parts(parts), write)
+
+
+def _replace_changed_days(engine: sa.Engine | sa.Connection, hashes: pd.DataFrame, write) -> int:  # noqa: ANN001 - a local callback
+    """The day delta both loaders share: the first load writes everything, later loads delete
+    and rewrite the days whose hash changed, and forget the days that are gone."""
     from churnflow.warehouse import replace_rows, transaction
 
-    hashes = _day_hashes(frame)
+    ensure_table(engine, "usage", pd.DataFrame(columns=schema.USAGE.column_names))
     _ensure(engine, schema.USAGE_INGEST_DAYS)
     with transaction(engine) as conn:
         previous = pd.DataFrame(conn.execute(sa.text("SELECT activity_date, content_hash FROM usage_ingest_days")).fetchall(),
                                 columns=["activity_date", "content_hash"])
         if previous.empty:
-            written = replace_rows(conn, "usage", frame, replace_all=True)
+            written = write(conn, None)
             replace_rows(conn, schema.USAGE_INGEST_DAYS.name, hashes, replace_all=True)
             log.info("usage: loaded all %d day(s), %d rows", len(hashes), written)
             return written
@@ -122,19 +179,17 @@ def replace_usage_by_day(engine: sa.Engine | sa.Connection, frame: pd.DataFrame)
         now = dict(zip(hashes["activity_date"], hashes["content_hash"]))
         changed = sorted(d for d, h in now.items() if before.get(d) != h)
         gone = sorted(set(before) - set(now))
-        rows = frame[pd.to_datetime(frame["occurred_at"]).dt.normalize().dt.date.isin(set(changed))]
         ingest_days = sa.table(schema.USAGE_INGEST_DAYS.name, sa.column("activity_date"))
         for start, end in _ranges(changed + gone):
             conn.execute(sa.text("DELETE FROM usage WHERE occurred_at >= :a AND occurred_at < :b"), {"a": _ts(start), "b": _ts(end)})
-        if len(rows):
-            insert_frame(conn, "usage", rows)
+        written = write(conn, set(changed)) if changed else 0
         _mark_dirty(conn, changed + gone)
         if changed:
             insert_frame(conn, schema.USAGE_INGEST_DAYS.name, hashes[hashes["activity_date"].isin(set(changed))])
         for start in range(0, len(gone), 500):
             conn.execute(ingest_days.delete().where(ingest_days.c.activity_date.in_(gone[start:start + 500])))
-    log.info("usage: %d of %d day(s) changed, %d gone; %d rows rewritten", len(changed), len(now), len(gone), len(rows))
-    return len(rows)
+    log.info("usage: %d of %d day(s) changed, %d gone; %d rows rewritten", len(changed), len(now), len(gone), written)
+    return written
 
 
 def _ranges(days: list[date]) -> list[tuple[date, date]]:
