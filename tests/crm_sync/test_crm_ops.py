@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from churnflow.settings import Settings
-from churnflow.warehouse import get_engine, read_sql
+from churnflow.warehouse import get_engine, read_sql, replace_rows
 from crm_sync.client import connect, local_crm
 from crm_sync.ids import make_id
 from crm_sync.ledger import Ledger
@@ -129,13 +129,10 @@ def test_dry_run_shows_changes_and_api_calls(engine: sa.Engine, settings: Settin
         sync_crm(engine, settings, AS_OF, retry=FAST)
     # the next day only account A2's score moves: the plan names that field with old -> new
     nxt = date(2026, 11, 21)
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO account_scores SELECT * FROM account_scores WHERE as_of_date = :d"), {"d": pd.Timestamp(AS_OF).to_pydatetime()})
-        conn.execute(sa.text("UPDATE account_scores SET as_of_date = :n WHERE as_of_date = :d AND rowid IN "
-                             "(SELECT rowid FROM account_scores WHERE as_of_date = :d LIMIT 8)"),
-                     {"n": pd.Timestamp(nxt).to_pydatetime(), "d": pd.Timestamp(AS_OF).to_pydatetime()})
-        conn.execute(sa.text("UPDATE account_scores SET health_score = 55, p_churn = 0.45 WHERE as_of_date = :n AND account_id = 'A2'"),
-                     {"n": pd.Timestamp(nxt).to_pydatetime()})
+    day = read_sql(engine, "SELECT * FROM account_scores WHERE as_of_date = :d", {"d": pd.Timestamp(AS_OF).to_pydatetime()})
+    day["as_of_date"] = pd.Timestamp(nxt)
+    day.loc[day["account_id"] == "A2", ["health_score", "p_churn"]] = [55, 0.45]
+    replace_rows(engine, "account_scores", day, where={"as_of_date": pd.Timestamp(nxt).to_pydatetime()})
     tables = set(sa.inspect(engine).get_table_names())
     dry2 = sync_crm(engine, settings, nxt, dry_run=True)
     assert dry2.planned == {"accounts": 1, "tasks": 0}

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from churnflow.demo_data import generate_book, write_book
 from churnflow.history import VERSIONED, HistoryError, record_versions, state_at_sql, sync_history
+from churnflow.schema import HISTORY
 from churnflow.warehouse import WarehouseError, read_sql, replace_rows
 from features.build import build_features, input_fingerprint, materialize_features
 
@@ -419,8 +420,11 @@ def test_a_column_added_to_a_table_is_added_to_its_history(engine: sa.Engine) ->
     t1, t2 = datetime(2026, 1, 1), datetime(2026, 2, 1)
     frame = _accounts([("A", "smb"), ("B", "smb")]).assign(country="DE")
     replace_rows(engine, "accounts", frame, replace_all=True, loaded_at=t1)
-    with engine.begin() as conn:  # as if the history had been created before `country` was declared
-        conn.execute(sa.text('ALTER TABLE accounts_history DROP COLUMN "country"'))
+    kept = ", ".join(f'"{c}"' for c in HISTORY["accounts_history"].column_names if c != "country")
+    with engine.begin() as conn:  # as if the history had been created before `country` was declared (and before keys)
+        conn.execute(sa.text(f"CREATE TABLE accounts_history_old AS SELECT {kept} FROM accounts_history"))
+        conn.execute(sa.text("DROP TABLE accounts_history"))
+        conn.execute(sa.text("ALTER TABLE accounts_history_old RENAME TO accounts_history"))
     replace_rows(engine, "accounts", frame, replace_all=True, loaded_at=t2)
     history = read_sql(engine, "SELECT account_id, country, valid_from FROM accounts_history ORDER BY account_id, valid_from")
     assert [None if pd.isna(c) else c for c in history["country"]] == [None, "DE", None, "DE"]

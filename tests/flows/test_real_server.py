@@ -69,7 +69,8 @@ class RealPrefect:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CHURNFLOW_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CHURNFLOW_"))
+           or k.startswith(("CHURNFLOW_MIN_CHURNERS_", "CHURNFLOW_GATE_"))}  # the small test books' gate (tests/conftest.py)
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
