@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 ## Run the whole test suite (unit, data, model, CRM, end-to-end on Prefect, PostgreSQL).
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --nbmake tests notebooks
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --nbmake --durations=15 tests notebooks
 
 ## Headless Chromium for the digest's rendered check (Debian package; skipped if apt is unavailable).
 chromium:

@@ -133,7 +133,6 @@ def connect(settings: Any, *, timeout: float | tuple[float, float] = DEFAULT_TIM
         if not port:
             raise ValueError("local_crm_port is 0: start the local CRM first (crm_sync.client.local_crm) so a port is known")
         log.info("connecting to the local CRM on 127.0.0.1:%s", port)
-        verify_local_instance(settings.crm_dir, port)
         return connect_local(port=port, cert_dir=settings.crm_dir, timeout=timeout, retry=retry)
     if not settings.sf_username:
         raise ValueError("sf_username is required to connect to Salesforce (CHURNFLOW_SF_USERNAME)")

@@ -941,6 +941,8 @@ class LocalSalesforce:
         path = unquote(parts.path)
         query = parse_qs(parts.query, keep_blank_values=True)
         endpoint = self._endpoint_kind(method, path)
+        if path == "/local/instance" and method == "GET":  # churnflow's identity check: not an API call, never faulted
+            return 0.0, self._finish(json_response(200, {"instance": getattr(self, "instance_token", None)}), method, path)
         with self._lock:
             self.api_calls["total"] += 1
             self.api_calls[endpoint] += 1
@@ -1039,8 +1041,6 @@ class LocalSalesforce:
             except ValueError as exc:
                 raise ApiError(400, "INVALID_INPUT", str(exc)) from None
             return json_response(200, {"ids": ids})
-        if path == "/local/instance" and method == "GET":  # churnflow-only: which server this is
-            return json_response(200, {"instance": getattr(self, "instance_token", None)})
         if endpoint == "page" and method == "GET":
             return Response(200, self.render_page().encode("utf-8"), "text/html; charset=utf-8")
         if path.rstrip("/") == "/services/data" and method == "GET":
