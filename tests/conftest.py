@@ -86,8 +86,9 @@ def postgres_available() -> str | None:
 
 
 @pytest.fixture
-def pg_engine() -> Iterator[sa.Engine]:
-    """A PostgreSQL engine bound to a fresh schema (dropped afterwards)."""
+def pg_url() -> Iterator[str]:
+    """A URL of PostgreSQL bound to a fresh schema (dropped afterwards), for engines and for
+    subprocesses (the schema travels in the URL's search_path option)."""
     reason = postgres_available()
     if reason:
         pytest.skip(reason)
@@ -95,11 +96,19 @@ def pg_engine() -> Iterator[sa.Engine]:
     admin = sa.create_engine(POSTGRES_URL)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine = sa.create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    """A PostgreSQL engine bound to a fresh schema (dropped afterwards)."""
+    engine = sa.create_engine(pg_url)
     try:
         yield engine
     finally:
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import sqlalchemy as sa
 from churnflow.demo_data import write_book
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
-from tests.conftest import POSTGRES_URL, postgres_available
 from tests.helpers import copy_duckdb_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
@@ -80,22 +78,12 @@ def test_two_dailies_at_once_on_duckdb(prefect_server: None, trained_home: Setti
 
 
 @pytest.mark.postgres
-def test_two_dailies_at_once_on_postgres(prefect_server: None, trained_home: Settings, small_book: dict, tmp_path: Path) -> None:
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"cf_daily_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    engine = sa.create_engine(url)
+def test_two_dailies_at_once_on_postgres(prefect_server: None, trained_home: Settings, small_book: dict, pg_url: str,
+                                         tmp_path: Path) -> None:
+    engine = sa.create_engine(pg_url)
     try:
         write_book(engine, small_book)
         home = _home_with_model(trained_home, tmp_path / "home")
-        _run_two_dailies_then_one_later(home, _env(home, CHURNFLOW_WAREHOUSE_URL=url), engine)
+        _run_two_dailies_then_one_later(home, _env(home, CHURNFLOW_WAREHOUSE_URL=pg_url), engine)
     finally:
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
