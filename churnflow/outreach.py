@@ -26,6 +26,7 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from churnflow.vocabulary import CLOSED_TASK_STATUSES, NEW_TASK_STATUS
 from churnflow.errors import ChurnflowError
 from churnflow.schema import OUTREACH_TASKS
 from churnflow.warehouse import read_sql, replace_rows, table_exists
@@ -43,7 +44,6 @@ OPS: dict[str, str] = {
     "in": "list", "not_in": "list", "is_null": "none", "not_null": "none",
 }
 PLACEHOLDERS = {"account_name", "health_score", "band", "p_churn_pct", "arr", "arr_at_risk", "top_drivers_text", "days_to_renewal", "playbook"}
-CLOSED_STATUSES = ("Completed", "Deferred")
 
 
 def field_kind(name: str) -> str | None:
@@ -256,7 +256,7 @@ def decide_tasks(
     existing["as_of_date"] = pd.to_datetime(existing["as_of_date"])
     known_keys = set(existing["task_key"])
     sent = existing[~existing["held_out"].astype(bool)]
-    open_counts = sent[~sent["status"].isin(CLOSED_STATUSES)].groupby("account_id").size()
+    open_counts = sent[~sent["status"].isin(CLOSED_TASK_STATUSES)].groupby("account_id").size()
     new_rows: list[dict[str, Any]] = []
     decided: set[str] = set()  # one decision (task or holdout) per account per run
     for pb in book.playbooks:
@@ -283,7 +283,7 @@ def decide_tasks(
                     "crm_account_id": row.get("crm_account_id"), "playbook": pb.name,
                     "subject": pb.task.subject.format_map(ctx)[:255], "description": pb.task.description.format_map(ctx),
                     "priority": pb.task.priority, "due_date": as_of_ts + timedelta(days=pb.task.due_in_days),
-                    "owner_email": owner, "status": "Not Started", "held_out": bool(is_held), "crm_task_id": None,
+                    "owner_email": owner, "status": NEW_TASK_STATUS, "held_out": bool(is_held), "crm_task_id": None,
                     "created_at": pd.Timestamp(datetime.now().replace(microsecond=0)),
                 }
             )

@@ -12,8 +12,7 @@ from typing import Literal
 import pandas as pd
 import sqlalchemy as sa
 
-from features.catalogue import FAMILIES
-from features.text import TOPICS
+from churnflow.vocabulary import FAMILIES, TOPICS
 
 Kind = Literal["str", "int", "float", "bool", "date", "timestamp"]
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.sax.saxutils import escape
 
+from churnflow.vocabulary import BANDS, TASK_PRIORITY_VALUES, TASK_STATUS_VALUES, band_label
+
 FieldType = Literal["Number", "Percent", "Text", "LongTextArea", "Picklist", "DateTime", "Date", "Currency"]
 #: How a field takes part in deciding whether an account changed (see :func:`material_change`):
 #: ``exact`` any difference, ``points`` a move of at least ``crm_min_health_change`` health
@@ -137,10 +139,10 @@ class FieldSpec:
 def _band(value: Any) -> str | None:
     if is_missing(value):
         return None
-    mapped = {"green": "Green", "yellow": "Yellow", "red": "Red"}.get(str(value).strip().lower())
-    if mapped is None:
+    text = str(value).strip().lower()
+    if text not in BANDS:
         raise ValueError(f"Churnflow_Health_Band__c: unknown band {value!r}")
-    return mapped
+    return band_label(text)
 
 
 def _percent(value: Any) -> float | None:
@@ -319,10 +321,6 @@ def write_sfdx_metadata(directory: Path, specs: Iterable[FieldSpec] = FIELDS) ->
 
 #: The permission set the integration user gets: read/edit on every churnflow field.
 PERMISSION_SET = "Churnflow_Integration"
-#: Salesforce's default Task values; churnflow writes only these (see crm_sync.push).
-TASK_STATUS_VALUES = (("Not Started", False, True), ("In Progress", False, False), ("Completed", True, False),
-                      ("Waiting on someone else", False, False), ("Deferred", False, False))  # (value, closed, default)
-TASK_PRIORITY_VALUES = (("High", True, False), ("Normal", False, True), ("Low", False, False))  # (value, high, default)
 SFDX_API_VERSION = "59.0"
 
 

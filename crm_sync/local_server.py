@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.dom import minidom
 
+from churnflow.vocabulary import CLOSED_TASK_STATUSES, NEW_TASK_STATUS, TASK_STATUSES
 from crm_sync.fields import FIELDS, FieldSpec
 from crm_sync.ids import make_id, to_id18
 from crm_sync.soql import BoolOp, Cond, SoqlLiteral, SoqlError, like_to_regex, parse
@@ -195,8 +196,7 @@ def build_schema() -> dict[str, SObjectSchema]:
         FieldDef("Description", "textarea", "Description", length=32000, filterable=False),
         FieldDef("Priority", "picklist", "Priority", length=40, picklist=("High", "Normal", "Low"),
                  nillable=False, default="Normal"),
-        FieldDef("Status", "picklist", "Status", length=40, nillable=False, default="Not Started", picklist=(
-            "Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")),
+        FieldDef("Status", "picklist", "Status", length=40, nillable=False, default=NEW_TASK_STATUS, picklist=TASK_STATUSES),
         FieldDef("ActivityDate", "date", "Due Date Only"),
         FieldDef("IsClosed", "boolean", "Closed", createable=False, updateable=False, nillable=False),
         *custom["Task"],
@@ -204,7 +204,6 @@ def build_schema() -> dict[str, SObjectSchema]:
     return {s.name.lower(): s for s in (account, user, task)}
 
 
-CLOSED_TASK_STATUSES = {"Completed"}
 
 # --------------------------------------------------------------------------------------
 # Errors

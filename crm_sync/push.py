@@ -49,7 +49,8 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from crm_sync.fields import (TASK_PRIORITY_VALUES, TASK_STATUS_VALUES, account_health_payload, change_state, fields_for, is_missing,
+from churnflow.vocabulary import NEW_TASK_STATUS, TASK_PRIORITIES, TASK_STATUSES
+from crm_sync.fields import (account_health_payload, change_state, fields_for, is_missing,
                              material_change)
 from crm_sync.ids import to_id18
 from crm_sync.ledger import Ledger, LedgerEntry, payload_hash
@@ -66,8 +67,6 @@ MAX_QUERY_URI = 12000
 #: Record-level error codes that are worth retrying: the same write later usually succeeds.
 TRANSIENT_ROW_ERRORS = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG", "QUERY_TIMEOUT"})
 TASK_TEXT_FIELDS = {"Subject": 255, "Description": 32000}
-TASK_PRIORITIES = tuple(v for v, _high, _default in TASK_PRIORITY_VALUES)
-TASK_STATUSES = tuple(v for v, _closed, _default in TASK_STATUS_VALUES)
 
 
 # --------------------------------------------------------------------------------------
@@ -823,7 +822,7 @@ def kept_task(records: list[dict[str, Any]]) -> dict[str, Any]:
     live = [r for r in records if not r.get("IsDeleted")] or records
     real = [r for r in live if not str(r.get("Description") or "").startswith(REPAIR_NOTE)] or live
     open_ = [r for r in real if not r.get("IsClosed")]
-    worked = [r for r in open_ if r.get("Status") != "Not Started"]
+    worked = [r for r in open_ if r.get("Status") != NEW_TASK_STATUS]
     return (worked or open_ or real)[0]
 
 
@@ -908,7 +907,7 @@ def push_tasks(sf: Salesforce, frame: pd.DataFrame, *, bulk_threshold: int = BUL
                                  None if is_missing(row.get("account_id")) else str(row.get("account_id")))
                     continue
                 priority = "Normal" if is_missing(row.get("priority")) else str(row["priority"])
-                status = "Not Started" if is_missing(row.get("status")) else str(row["status"])
+                status = NEW_TASK_STATUS if is_missing(row.get("status")) else str(row["status"])
                 if priority not in TASK_PRIORITIES:
                     raise ValueError(f"priority {priority!r} is not one of {TASK_PRIORITIES}")
                 if status not in TASK_STATUSES:

@@ -242,11 +242,12 @@ def refresh_task_status(engine: sa.Engine, sf: Salesforce, policy: RetryPolicy =
     CS teams complete tasks in Salesforce; cooldowns, the open-task cap and the digest's
     completion and lift figures must use those real outcomes. Returns how many changed.
     """
-    from churnflow.outreach import CLOSED_STATUSES, TASKS_TABLE
+    from churnflow.outreach import TASKS_TABLE
+    from churnflow.vocabulary import CLOSED_TASK_STATUSES
 
     if not table_exists(engine, TASKS_TABLE):
         return 0
-    closed = ", ".join(f"'{s}'" for s in CLOSED_STATUSES)  # constants, not input
+    closed = ", ".join(f"'{s}'" for s in CLOSED_TASK_STATUSES)  # constants, not input
     ours = read_sql(engine, f"SELECT crm_task_id, status FROM {TASKS_TABLE} WHERE crm_task_id IS NOT NULL AND status NOT IN ({closed})")
     if ours.empty:
         return 0

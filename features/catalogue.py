@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from churnflow.vocabulary import FAMILIES, Family
+
 if TYPE_CHECKING:  # churnflow.manifest imports churnflow.schema, which imports this module
     import sqlalchemy as sa
 
@@ -29,8 +31,6 @@ if TYPE_CHECKING:  # churnflow.manifest imports churnflow.schema, which imports 
 
 log = logging.getLogger(__name__)
 
-Family = Literal["usage", "support", "perception", "commercial", "lifecycle"]
-FAMILIES: tuple[Family, ...] = ("usage", "support", "perception", "commercial", "lifecycle")
 # The optional canonical table a family's features read; commercial (subscriptions) and
 # lifecycle (accounts) read the tables every book has.
 FAMILY_SOURCES: dict[str, tuple[str, ...]] = {"usage": ("usage",), "support": ("tickets",), "perception": ("surveys",)}

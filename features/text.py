@@ -11,12 +11,8 @@ import re
 import numpy as np
 import pandas as pd
 
-TOPICS: dict[str, tuple[str, ...]] = {
-    "wait_time": ("wait", "waiting", "slow response", "no response", "days to respond", "took forever", "still waiting", "response time", "slow support", "hours"),
-    "billing": ("billing", "invoice", "price", "pricing", "expensive", "cost", "charged", "overcharged", "renewal price", "budget"),
-    "bugs": ("bug", "bugs", "error", "errors", "crash", "crashes", "broken", "outage", "down again", "fails", "failing"),
-    "onboarding": ("onboarding", "setup", "set up", "implementation", "training", "getting started", "configure", "confusing to start"),
-}
+from churnflow.vocabulary import TOPICS
+
 
 POSITIVE = ("great", "love", "excellent", "helpful", "easy", "fast", "amazing", "recommend", "reliable", "smooth", "happy", "thanks", "good", "valuable")
 NEGATIVE = ("bad", "terrible", "slow", "frustrat", "annoy", "hate", "useless", "broken", "confusing", "expensive", "disappoint", "cancel", "worse", "poor", "waiting", "bug", "crash", "error")

@@ -22,6 +22,7 @@ from churnflow.errors import InvalidValueError, UnknownAccountError
 from churnflow.fingerprint import frame_digest, source_version
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES, SCORE_BUILDS
 from churnflow.settings import Settings
+from churnflow.vocabulary import BANDS
 from churnflow.warehouse import ensure_table, insert_frame, read_sql, replace_rows, table_exists
 from features.build import DEFAULT_EVENT_TYPES_TOP, features_for, materialize_features
 from models.explain import contributions, drivers, family_scores
@@ -30,7 +31,6 @@ from models.registry import LoadedModel, load_model
 log = logging.getLogger(__name__)
 
 SCORES_TABLE = ACCOUNT_SCORES.name
-BANDS = ("green", "yellow", "red")
 TREND_DAYS = (7, 30)
 DELETE_BATCH = 500  # account ids per DELETE ... IN (...) statement
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnflow.outreach import CLOSED_STATUSES, PlaybookError, decide_tasks, in_holdout, load_playbooks, task_key
+from churnflow.vocabulary import CLOSED_TASK_STATUSES
+from churnflow.outreach import PlaybookError, decide_tasks, in_holdout, load_playbooks, task_key
 from churnflow.schema import OUTREACH_TASKS
 
 AS_OF = date(2026, 11, 2)
@@ -109,7 +110,7 @@ def test_cooldown_and_cap() -> None:
     # Two weeks later: new ISO week, but inside the 30-day cooldown.
     assert decide_tasks(scores, features, accounts, book, AS_OF + timedelta(days=14), first).empty
     # After the cooldown, completed tasks free the cap and the playbook fires again.
-    done = first.assign(status=CLOSED_STATUSES[0])
+    done = first.assign(status=CLOSED_TASK_STATUSES[0])
     later = decide_tasks(scores, features, accounts, book, AS_OF + timedelta(days=35), done)
     assert set(later["playbook"]) == {"renewal_at_risk"}  # one decision per account per run
     # Open tasks at the cap block new ones.

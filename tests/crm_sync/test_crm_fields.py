@@ -67,7 +67,7 @@ def test_sfdx_project_is_a_deployable_admin_kit(tmp_path: Path) -> None:
     from xml.etree import ElementTree
 
     from crm_sync.fields import PERMISSION_SET, write_sfdx_project
-    from crm_sync.push import TASK_PRIORITIES, TASK_STATUSES
+    from churnflow.vocabulary import TASK_PRIORITIES, TASK_STATUSES
 
     written = write_sfdx_project(tmp_path)
     project = json.loads((tmp_path / "sfdx-project.json").read_text())
@@ -92,8 +92,8 @@ def test_sfdx_project_is_a_deployable_admin_kit(tmp_path: Path) -> None:
         assert tuple(v.findtext("md:fullName", namespaces=ns) for v in root.findall("md:standardValue", ns)) == values
     status = ElementTree.parse(tmp_path / "force-app/main/default/standardValueSets/TaskStatus.standardValueSet-meta.xml").getroot()
     closed = {v.findtext("md:fullName", namespaces=ns) for v in status.findall("md:standardValue", ns) if v.findtext("md:closed", namespaces=ns) == "true"}
-    from crm_sync.local_server import CLOSED_TASK_STATUSES
-    assert closed == CLOSED_TASK_STATUSES
+    from churnflow.vocabulary import CLOSED_TASK_STATUSES
+    assert closed == set(CLOSED_TASK_STATUSES)
 
 
 def test_as_of_date_field_and_the_change_rule() -> None:
