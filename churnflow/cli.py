@@ -80,7 +80,7 @@ def demo_data_cmd(
 
 
 def _run_ingest(mapping: Path, run_date: datetime | None, max_bad_share: float | None, *, load: bool) -> None:
-    from churnflow.ingest import IngestError, ingest, validate
+    from ingest.load import IngestError, ingest, validate
 
     settings = _settings()
     action = ingest if load else validate
@@ -240,7 +240,7 @@ def score_cmd(as_of: AsOf = None) -> None:
 @app.command("outreach")
 def outreach_cmd(as_of: AsOf = None) -> None:
     """Run the playbooks over a day's scores and record new outreach tasks."""
-    from churnflow.outreach import load_playbooks, run_outreach
+    from outreach.playbooks import load_playbooks, run_outreach
     from churnflow.warehouse import read_sql
     from models.score import load_features
 
@@ -336,7 +336,7 @@ def digest_cmd(
     no_email: Annotated[bool, typer.Option("--no-email", help="Write the files only, even if SMTP is configured.")] = False,
 ) -> None:
     """Write the weekly executive risk digest from stored scores and tasks (and email it if SMTP is set)."""
-    from churnflow.digest import publish_digest
+    from digest.build import publish_digest
 
     settings = _settings()
     day = _as_of(settings, week_ending)
@@ -453,7 +453,7 @@ def bench_ingest_cmd(
     """Time a raw event table streamed in chunks beside read whole (seconds, rows/s, peak memory)."""
     import tempfile
 
-    from churnflow.ingest_bench import bench_ingest
+    from ingest.bench import bench_ingest
 
     with tempfile.TemporaryDirectory(prefix="churnflow-bench-ingest-") as work:
         console.print_json(json.dumps(bench_ingest(Path(work), events=events, whole=whole)))

@@ -25,7 +25,7 @@ import pandas as pd
 from churnflow.warehouse import get_engine
 from crm_sync.client import connect_local
 from crm_sync.ledger import Ledger
-from crm_sync.local_server import LocalSalesforce
+from crm_sync.local.server import LocalSalesforce
 from crm_sync.push import BULK_THRESHOLD, AccountResolver, RetryPolicy, clear_owner_cache, push_account_health, push_tasks
 
 N_OWNERS = 50

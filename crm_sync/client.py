@@ -21,7 +21,7 @@ import requests
 from simple_salesforce import Salesforce
 
 from churnflow.errors import ChurnflowError
-from crm_sync.local_server import API_VERSION, LocalSalesforce, certificate_file, instance_file, serve_until_signalled
+from crm_sync.local.server import API_VERSION, LocalSalesforce, certificate_file, instance_file, serve_until_signalled
 from crm_sync.push import DEFAULT_RETRY, RetryPolicy, _describe_exc, is_retryable
 
 log = logging.getLogger(__name__)

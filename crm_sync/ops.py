@@ -25,7 +25,7 @@ from simple_salesforce import Salesforce
 from churnflow.warehouse import table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.fields import is_missing
-from crm_sync.ids import to_id18
+from churnflow.salesforce_ids import to_id18
 from crm_sync.ledger import Ledger
 from crm_sync.push import (BULK_THRESHOLD, COMPOSITE_BATCH, DEFAULT_RETRY, REPAIR_NOTE, TASK_SYNCED_FIELDS, TASK_TEXT_FIELDS,
                            AccountResolver, PushSummary, RetryPolicy, account_health_rows, composite_update, find_task_records,
@@ -127,7 +127,7 @@ def _same(intended: Any, actual: Any) -> bool:
 
 def intended_tasks(engine: sa.Engine) -> pd.DataFrame:
     """Every task churnflow decided to send (held-out ones excluded)."""
-    from churnflow.outreach import existing_tasks
+    from outreach.playbooks import existing_tasks
 
     if not table_exists(engine, "outreach_tasks"):
         return pd.DataFrame(columns=["task_key"])
@@ -267,7 +267,7 @@ def repair_duplicates_with(engine: sa.Engine, sf: Salesforce, tasks: pd.DataFram
     whatever a person wrote on the extra; each closed record is recorded in the ledger
     (kind ``task_repairs``) and outreach_tasks points at the kept record.
     """
-    from churnflow.outreach import record_task_ids
+    from outreach.playbooks import record_task_ids
 
     policy = retry or DEFAULT_RETRY
     summary = RepairSummary()

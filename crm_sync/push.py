@@ -52,7 +52,7 @@ from simple_salesforce.exceptions import (
 from churnflow.vocabulary import NEW_TASK_STATUS, TASK_PRIORITIES, TASK_STATUSES
 from crm_sync.fields import (account_health_payload, change_state, fields_for, is_missing,
                              material_change)
-from crm_sync.ids import to_id18
+from churnflow.salesforce_ids import to_id18
 from crm_sync.ledger import Ledger, LedgerEntry, payload_hash
 from crm_sync.soql import soql_quote
 

@@ -28,7 +28,7 @@ from churnflow.errors import ChurnflowError
 from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.ledger import Ledger
-from crm_sync.local_server import LocalSalesforce
+from crm_sync.local.server import LocalSalesforce
 from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, AccountResolver, PushSummary, RecordFailure, RecordSkip, RetryPolicy,
                            in_clause_queries, push_account_health, push_tasks, query_all)
 
@@ -113,7 +113,7 @@ def load_account_health(engine: sa.Engine, as_of: date) -> pd.DataFrame:
 
 
 def load_pending_tasks(engine: sa.Engine) -> pd.DataFrame:
-    from churnflow.outreach import pending_tasks
+    from outreach.playbooks import pending_tasks
 
     if not table_exists(engine, "outreach_tasks"):
         return pd.DataFrame(columns=["task_key"])
@@ -163,7 +163,7 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
                           summary: Any, *, ledger: Ledger | None, retry: RetryPolicy | None, bulk_threshold: int,
                           poll_interval: float) -> None:
     """Push account health rows and tasks, store the Task Ids returned: shared by sync and retry."""
-    from churnflow.outreach import record_task_ids
+    from outreach.playbooks import record_task_ids
 
     # One resolver per run: accounts matched by an external id are looked up once, for both pushes.
     resolver = AccountResolver(sf, settings.sf_account_match_field, retry or DEFAULT_RETRY)
@@ -193,7 +193,7 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
     summary) when Salesforce rejected any record, after everything else was written.
     ``timeout`` overrides the client's (connect, read) timeout in seconds.
     """
-    from churnflow.outreach import record_task_ids
+    from outreach.playbooks import record_task_ids
 
     health = load_account_health(engine, as_of)
     tasks = load_pending_tasks(engine)
@@ -242,7 +242,7 @@ def refresh_task_status(engine: sa.Engine, sf: Salesforce, policy: RetryPolicy =
     CS teams complete tasks in Salesforce; cooldowns, the open-task cap and the digest's
     completion and lift figures must use those real outcomes. Returns how many changed.
     """
-    from churnflow.outreach import TASKS_TABLE
+    from outreach.playbooks import TASKS_TABLE
     from churnflow.vocabulary import CLOSED_TASK_STATUSES
 
     if not table_exists(engine, TASKS_TABLE):

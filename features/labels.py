@@ -471,7 +471,7 @@ def subscriptions_table_check(frame: pd.DataFrame) -> list[str]:
 
 def _register_table_checks() -> None:
     """Let ``churnflow validate`` / ``ingest`` show the leak warnings (when the ingest offers the hook)."""
-    from churnflow import ingest
+    from ingest import load as ingest
 
     register = getattr(ingest, "register_table_check", None)
     if register is not None:

@@ -29,7 +29,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from churnflow import demo_data, digest as digest_stage, outreach
+from churnflow import demo_data
+from digest import build as digest_stage
+from outreach import playbooks as outreach
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine
 from crm_sync import sync as crm_stage

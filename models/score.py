@@ -217,7 +217,7 @@ def merge_partitions(parts: list[pd.DataFrame], account_order: pd.Series | None 
 
 
 # The code a day's scores are a function of (part of their fingerprint).
-SCORING_MODULES = ("models.score", "models.explain", "models.fast_shap", "models.churn_model", "churnflow.outreach")
+SCORING_MODULES = ("models.score", "models.explain", "models.fast_shap", "models.churn_model", "outreach.playbooks")
 
 
 def scoring_fingerprint(

@@ -50,7 +50,7 @@ def test_broken_playbooks_file_names_file_and_line(book_home: Path, tmp_path: Pa
     broken.write_text("playbooks:\n  - name: x\n    when: {all: [\n", encoding="utf-8")
     proc = _cli(book_home, "outreach", "--as-of", "2026-11-01", CHURNFLOW_PLAYBOOKS_FILE=str(broken))
     # outreach needs scores first; the playbooks are read only then, so read them directly too
-    from churnflow.outreach import PlaybookError, load_playbooks
+    from outreach.playbooks import PlaybookError, load_playbooks
 
     with pytest.raises(PlaybookError, match=r"playbooks.yaml: not valid YAML at line \d+"):
         load_playbooks(broken)

@@ -14,7 +14,7 @@ import pytest
 from simple_salesforce import Salesforce
 
 from crm_sync.client import connect_local
-from crm_sync.local_server import LocalSalesforce
+from crm_sync.local.server import LocalSalesforce
 from crm_sync.push import RetryPolicy, clear_owner_cache
 
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)

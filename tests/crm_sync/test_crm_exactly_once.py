@@ -22,9 +22,9 @@ from churnflow import schema
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql, replace_rows
 from crm_sync.client import connect, connect_local, local_crm
-from crm_sync.ids import make_id
+from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
-from crm_sync.local_server import LocalSalesforce
+from crm_sync.local.server import LocalSalesforce
 from crm_sync.ops import reconcile, repair_duplicates
 from crm_sync.push import REPAIR_NOTE, AccountResolver, RetryPolicy, push_account_health, push_tasks
 from crm_sync.sync import CrmSyncFailed, sync_crm

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from crm_sync.fields import FIELDS, account_health_payload, fields_for, sfdx_field_xml, write_sfdx_metadata
-from crm_sync.local_server import build_schema
+from crm_sync.local.server import build_schema
 
 
 def test_every_declared_field_exists_on_the_local_server() -> None:

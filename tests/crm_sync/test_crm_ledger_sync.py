@@ -15,9 +15,9 @@ from churnflow import schema
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql, replace_rows
 from crm_sync.client import connect, local_crm
-from crm_sync.ids import make_id
+from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
-from crm_sync.local_server import LocalSalesforce
+from crm_sync.local.server import LocalSalesforce
 from crm_sync.push import RetryPolicy, push_account_health, push_tasks
 from crm_sync.sync import sync_crm
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql, replace_rows
 from crm_sync.client import connect, local_crm
-from crm_sync.ids import make_id
+from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.ops import Difference, estimate_api_calls, reconcile, retry_failed
 from crm_sync.push import RetryPolicy

@@ -12,7 +12,7 @@ import pytest
 from simple_salesforce import Salesforce
 
 from crm_sync.client import connect_local
-from crm_sync.local_server import MAX_URI_LENGTH, LocalSalesforce
+from crm_sync.local.server import MAX_URI_LENGTH, LocalSalesforce
 from crm_sync.push import RetryPolicy, in_clause_queries, push_account_health, push_tasks
 
 SCORED_AT = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)

@@ -15,8 +15,8 @@ from simple_salesforce.exceptions import (
 )
 
 from crm_sync.client import connect_local, local_session
-from crm_sync.ids import id_suffix, make_id, to_id18
-from crm_sync.local_server import LocalSalesforce
+from churnflow.salesforce_ids import id_suffix, make_id, to_id18
+from crm_sync.local.server import LocalSalesforce
 from crm_sync.soql import soql_quote
 
 
@@ -369,7 +369,7 @@ def test_runs_in_the_foreground_from_the_command_line(tmp_path: Path) -> None:
     import time
 
     state = tmp_path / "state" / "crm.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "crm_sync.local_server", "--port", "0", "--state", str(state)],
+    proc = subprocess.Popen([sys.executable, "-m", "crm_sync.local.server", "--port", "0", "--state", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = None

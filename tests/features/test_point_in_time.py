@@ -379,7 +379,7 @@ def test_ingest_records_each_extract_at_its_run_date(tmp_path) -> None:  # noqa:
     """The user's path: `churnflow ingest --run-date` stamps the versions with the extract's date."""
     import yaml
 
-    from churnflow.ingest import ingest
+    from ingest.load import ingest
     from churnflow.warehouse import get_engine
 
     (tmp_path / "accounts.csv").write_text("id,company,tier,since\nA1,Acme,smb,2024-01-05\nA2,Beta,smb,2024-02-05\n")

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from churnflow import schema
-from churnflow.contracts import CONTRACTS, check
+from ingest.contracts import CONTRACTS, check
 from churnflow.demo_data import generate_book, write_book
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, replace_rows

@@ -8,7 +8,7 @@ import pytest
 
 from churnflow.settings import Settings
 from crm_sync.client import connect
-from crm_sync.local_server import LocalSalesforce
+from crm_sync.local.server import LocalSalesforce
 
 pytestmark = pytest.mark.xdist_group("prefect")
 

@@ -80,7 +80,7 @@ def test_no_driver_or_sub_score_cites_a_family_the_model_lacks(trained: tuple[Se
 
 
 def test_the_digest_says_surveys_are_not_configured(trained: tuple[Settings, TrainResult]) -> None:
-    from churnflow import digest
+    from digest import build as digest
 
     settings, _ = trained
     built = digest.build_digest(get_engine(settings.warehouse), DAY, charts=False)

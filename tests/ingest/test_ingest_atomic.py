@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from churnflow.ingest import ingest
+from ingest.load import ingest
 from churnflow.manifest import read_manifest
 from churnflow.warehouse import get_engine, read_sql
 
@@ -29,7 +29,7 @@ RUNNER = """
 import logging, sys
 from datetime import date
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-from churnflow.ingest import ingest
+from ingest.load import ingest
 from churnflow.warehouse import get_engine
 ingest(get_engine(sys.argv[1]), sys.argv[2], date(2026, 11, 1))
 print("committed", flush=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from churnflow.ingest import (
+from ingest.load import (
     ContractError,
     MappingError,
     Options,

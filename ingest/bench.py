@@ -64,7 +64,7 @@ def _mapping(folder: Path, *, streamed: bool) -> Path:
 
 
 def _load(mapping: str, warehouse: str, queue: multiprocessing.Queue) -> None:
-    from churnflow.ingest import ingest
+    from ingest.load import ingest
     from churnflow.warehouse import get_engine
 
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def _timed(mapping: Path, warehouse: Path) -> dict[str, Any]:
 
 def bench_ingest(work_dir: Path, *, events: int, whole: bool = True) -> dict[str, object]:
     """Write the export, then time the streamed load (and the whole-read load unless ``whole=False``)."""
-    from churnflow.ingest import STREAM_CHUNK_ROWS
+    from ingest.load import STREAM_CHUNK_ROWS
 
     export = work_dir / "export"
     written = write_events_export(export, events)

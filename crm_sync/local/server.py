@@ -44,7 +44,7 @@ from xml.dom import minidom
 
 from churnflow.vocabulary import CLOSED_TASK_STATUSES, NEW_TASK_STATUS, TASK_STATUSES
 from crm_sync.fields import FIELDS, FieldSpec
-from crm_sync.ids import make_id, to_id18
+from churnflow.salesforce_ids import make_id, to_id18
 from crm_sync.soql import BoolOp, Cond, SoqlLiteral, SoqlError, like_to_regex, parse
 
 log = logging.getLogger(__name__)
@@ -1734,7 +1734,7 @@ def _sort_key(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m crm_sync.local_server --port 8765 --state PATH``: serve in the foreground."""
+    """``python -m crm_sync.local.server --port 8765 --state PATH``: serve in the foreground."""
     parser = argparse.ArgumentParser(description="churnflow's local Salesforce-compatible HTTPS server")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--state", type=Path, default=None, help="SQLite file that persists the org's records")

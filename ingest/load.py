@@ -18,7 +18,7 @@ A run, for :func:`ingest` and :func:`validate` alike:
 3. each canonical table (accounts first) is read, filtered by ``keep_rows``, mapped, recoded,
    coerced to the canonical kinds (values that do not parse are rejected, not guessed; a date
    column whose day/month order is ambiguous is refused) and checked against its contract
-   (:mod:`churnflow.contracts`) and by checks other stages registered
+   (:mod:`ingest.contracts`) and by checks other stages registered
    (:func:`register_table_check`); unmapped source columns that look like canonical ones
    are reported as warnings;
 4. if any table's bad share exceeds ``max_bad_share`` the run fails (:class:`ContractError`)
@@ -54,8 +54,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from churnflow.errors import ChurnflowError
-from churnflow import contracts
-from churnflow.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
+from ingest import contracts
+from ingest.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
 from churnflow.manifest import AttributeSpec, DataManifest
 from churnflow.schema import ACCOUNT_ATTRIBUTES, CANONICAL, INGEST_MANIFEST, SA_TYPES, Column, TableSpec, coerce
 from churnflow.warehouse import drop_tables, ensure_table, read_sql, replace_rows, table_exists
@@ -1139,7 +1139,7 @@ def invalid_salesforce_account_ids(values: pd.Series) -> np.ndarray:
     A wrong id would make every CRM push for the account fail (or, worse, hit another
     record), so ingest stops it where it enters instead of at sync time.
     """
-    from crm_sync.ids import PREFIXES, to_id18
+    from churnflow.salesforce_ids import PREFIXES, to_id18
 
     def bad(v: object) -> bool:
         if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -1805,7 +1805,7 @@ def mapping_markdown() -> str:
     lines = [
         "# The mapping file",
         "",
-        "Generated from the mapping models in `churnflow/ingest.py` by `churnflow docs`; do not edit by hand.",
+        "Generated from the mapping models in `ingest/load.py` by `churnflow docs`; do not edit by hand.",
         "",
         "A mapping file (YAML) tells `churnflow validate` and `churnflow ingest` where each canonical table",
         "([data model](data-model.md)) comes from and how your columns and values map onto it. It is read",

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from churnflow.vocabulary import CLOSED_TASK_STATUSES
-from churnflow.outreach import PlaybookError, decide_tasks, in_holdout, load_playbooks, task_key
+from outreach.playbooks import PlaybookError, decide_tasks, in_holdout, load_playbooks, task_key
 from churnflow.schema import OUTREACH_TASKS
 
 AS_OF = date(2026, 11, 2)
@@ -48,7 +48,7 @@ def test_default_playbooks_load() -> None:
     ],
 )
 def test_a_typo_is_refused_at_load_naming_playbook_and_key(tmp_path: Path, mutation: tuple[str, str], message: str) -> None:
-    text = (Path(__file__).parents[2] / "churnflow" / "playbooks.yaml").read_text()
+    text = (Path(__file__).parents[2] / "outreach" / "playbooks.yaml").read_text()
     key, bad = mutation
     original = {"field": "days_to_renewal", "op": "le", "value": "120"}[key]
     needle = "{field: days_to_renewal, op: le, value: 120}"
@@ -61,7 +61,7 @@ def test_a_typo_is_refused_at_load_naming_playbook_and_key(tmp_path: Path, mutat
 
 
 def test_unknown_placeholder_and_team_are_refused(tmp_path: Path) -> None:
-    text = (Path(__file__).parents[2] / "churnflow" / "playbooks.yaml").read_text()
+    text = (Path(__file__).parents[2] / "outreach" / "playbooks.yaml").read_text()
     path = tmp_path / "p.yaml"
     path.write_text(text.replace("{account_name} (health {health_score})", "{acount_name}", 1))
     with pytest.raises(PlaybookError, match="acount_name"):

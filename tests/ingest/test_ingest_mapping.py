@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
-from churnflow import ingest as ingest_module
-from churnflow.ingest import (
+from ingest import load as ingest_module
+from ingest.load import (
     AmbiguousDateError,
     ContractError,
     MappingError,
@@ -29,7 +29,7 @@ from churnflow.ingest import (
 from churnflow.manifest import AttributeSpec, DataManifest, available_tables, read_manifest
 from churnflow.warehouse import get_engine, read_sql, replace_rows, table_exists
 from features.rollups import refresh_survey_text
-from crm_sync.ids import make_id
+from churnflow.salesforce_ids import make_id
 
 RUN_DATE = date(2026, 11, 1)
 ID1, ID2, ID3 = make_id("001", 1), make_id("001", 2), make_id("001", 3)
@@ -485,7 +485,7 @@ def test_absent_tables_attributes_and_manifest_on_postgresql(pg_engine: sa.Engin
 
 
 def test_every_mapping_key_is_described_in_the_generated_page() -> None:
-    from churnflow.ingest import AttributeEntry, ChurnSection, MappingFile, Options, StagingSource, TableSource, mapping_markdown
+    from ingest.load import AttributeEntry, ChurnSection, MappingFile, Options, StagingSource, TableSource, mapping_markdown
 
     page = mapping_markdown()
     for model in (MappingFile, TableSource, StagingSource, Options, ChurnSection, AttributeEntry):

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-import churnflow.ingest as ingest_module
-from churnflow.ingest import ingest
+import ingest.load as ingest_module
+from ingest.load import ingest
 from churnflow.warehouse import get_engine, read_sql
 
 RUN_DATE = pd.Timestamp("2026-11-01").date()

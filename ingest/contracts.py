@@ -21,7 +21,7 @@ several is reported once per rule but counted once):
   key (in source order) is kept and later ones are quarantined as duplicates.
 
 Values that could not be parsed as their column's kind are reported by the coercion step
-(:mod:`churnflow.ingest`) in the same record format.
+(:mod:`ingest.load`) in the same record format.
 """
 
 from __future__ import annotations

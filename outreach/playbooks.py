@@ -178,9 +178,9 @@ class PlaybookError(ChurnflowError, ValueError):
 
 def load_playbooks(path: Path | None = None) -> PlaybookBook:
     """Parse and validate a playbooks file (YAML, safe loader); errors name the playbook and key."""
-    source = str(path) if path else "churnflow/playbooks.yaml (default)"
+    source = str(path) if path else "outreach/playbooks.yaml (default)"
     try:
-        text = path.read_text(encoding="utf-8") if path else resources.files("churnflow").joinpath("playbooks.yaml").read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if path else resources.files("outreach").joinpath("playbooks.yaml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PlaybookError(f"{source}: cannot read the playbooks file: {exc}") from None
     try:

@@ -7,7 +7,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from churnflow.contracts import CONTRACTS, contract_for, check, quarantine_frame, top_reasons
+from ingest.contracts import CONTRACTS, contract_for, check, quarantine_frame, top_reasons
 from churnflow.schema import CANONICAL
 
 RUN_DATE = date(2026, 11, 1)

@@ -1,4 +1,4 @@
-"""Tests for the weekly executive digest (churnflow.digest).
+"""Tests for the weekly executive digest (digest.build).
 
 The warehouse is a small but realistic DuckDB book written with ``replace_rows``: 60 accounts
 scored weekly for 14 weeks, some worsening, a few turning red in the last week, outreach
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnflow import digest as dg
+from digest import build as dg
 from features.catalogue import FAMILIES
 from churnflow.schema import ACCOUNT_SCORES, ACCOUNTS, OUTREACH_TASKS, SUBSCRIPTIONS, SURVEYS, coerce
 from churnflow.warehouse import get_engine, replace_rows
@@ -498,7 +498,7 @@ def test_send_digest_over_smtp(digest, caplog):
     try:
         config = dg.SmtpConfig(host="127.0.0.1", port=controller.port, security="none", sender="digest@churnflow.test",
                                recipients=("ceo@churnflow.test", "cro@churnflow.test"), password="hunter2-secret")
-        caplog.set_level("DEBUG", logger="churnflow.digest")
+        caplog.set_level("DEBUG", logger="digest.build")
         dg.send_digest(digest, config)
     finally:
         controller.stop()

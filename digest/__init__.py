@@ -1,0 +1,1 @@
+"""The weekly executive digest: its data, sections, charts, rendering and publishing."""
