@@ -15,7 +15,8 @@ from simple_salesforce import Salesforce
 
 from crm_sync.client import connect_local
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.push import RetryPolicy, clear_owner_cache
+from crm_sync.push.tasks import clear_owner_cache
+from crm_sync.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
 _counter = itertools.count(1)

@@ -25,8 +25,10 @@ from crm_sync.client import connect, connect_local, local_crm
 from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.ops import reconcile, repair_duplicates
-from crm_sync.push import REPAIR_NOTE, AccountResolver, RetryPolicy, push_account_health, push_tasks
+from crm_sync.push.accounts import AccountResolver, push_account_health
+from crm_sync.push.tasks import REPAIR_NOTE, push_tasks
+from crm_sync.repair import reconcile, repair_duplicates
+from crm_sync.retry import RetryPolicy
 from crm_sync.sync import CrmSyncFailed, sync_crm
 
 from .test_crm_ledger_sync import _complete, _warehouse
