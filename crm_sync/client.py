@@ -21,7 +21,9 @@ import requests
 from simple_salesforce import Salesforce
 
 from churnflow.errors import ChurnflowError
-from crm_sync.local.server import API_VERSION, LocalSalesforce, certificate_file, instance_file, serve_until_signalled
+from crm_sync.local.schema import API_VERSION
+from crm_sync.local.server import LocalSalesforce, serve_until_signalled
+from crm_sync.local.tls import certificate_file, instance_file
 from crm_sync.retry import DEFAULT_RETRY, RetryPolicy, describe_exc, is_retryable
 
 log = logging.getLogger(__name__)

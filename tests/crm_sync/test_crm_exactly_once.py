@@ -302,16 +302,10 @@ def test_the_first_login_is_retried(server: LocalSalesforce, tmp_path: Path) -> 
         connect(settings, retry=FAST)
 
 
-def test_rejected_records_fail_the_cli_with_the_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rejected_records_fail_the_cli_with_the_reasons(cli_home: sa.Engine) -> None:
     from churnflow.cli import app
 
-    from .test_crm_cli import _free_port
-
-    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CHURNFLOW_CRM", "local")
-    monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(_free_port()))
-    (tmp_path / "home").mkdir()
-    engine = get_engine(f"duckdb:///{tmp_path / 'home' / 'warehouse.duckdb'}")
+    engine = cli_home
     _warehouse(engine, D2)
     with engine.begin() as conn:  # an Account the CRM does not hold: Salesforce rejects the task
         conn.execute(sa.text("UPDATE outreach_tasks SET crm_account_id = :g WHERE task_key = 'A5:save:2026-11-20'"), {"g": make_id("001", 999_998)})
