@@ -287,7 +287,7 @@ def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: 
     settings = _settings()
     engine = _engine(settings)
     if repair:  # tasks of every day: no as-of date
-        from crm_sync.ops import repair_duplicates
+        from crm_sync.repair import repair_duplicates
 
         repaired = repair_duplicates(engine, settings)
         console.print(repaired.describe(), markup=False)
@@ -296,7 +296,7 @@ def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: 
         return
     day = _as_of(settings, as_of)
     if retry_failed:
-        from crm_sync.ops import retry_failed as retry_failed_records
+        from crm_sync.sync import retry_failed as retry_failed_records
 
         retried = retry_failed_records(engine, settings, day)
         console.print(retried.describe(), markup=False)
@@ -304,7 +304,7 @@ def _sync(as_of: datetime | None, dry_run: bool, retry_failed: bool, reconcile: 
             raise typer.Exit(1)
         return
     if reconcile:
-        from crm_sync.ops import reconcile as reconcile_crm
+        from crm_sync.repair import reconcile as reconcile_crm
 
         differences = reconcile_crm(engine, settings, day)
         for difference in differences:

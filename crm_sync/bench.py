@@ -26,7 +26,10 @@ from churnflow.warehouse import get_engine
 from crm_sync.client import connect_local
 from crm_sync.ledger import Ledger
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.push import BULK_THRESHOLD, AccountResolver, RetryPolicy, clear_owner_cache, push_account_health, push_tasks
+from crm_sync.push.accounts import AccountResolver, push_account_health
+from crm_sync.push.bulk import BULK_THRESHOLD
+from crm_sync.push.tasks import clear_owner_cache, push_tasks
+from crm_sync.retry import RetryPolicy
 
 N_OWNERS = 50
 DAY1 = date(2026, 11, 20)

@@ -21,8 +21,10 @@ import requests
 from simple_salesforce import Salesforce
 
 from churnflow.errors import ChurnflowError
-from crm_sync.local.server import API_VERSION, LocalSalesforce, certificate_file, instance_file, serve_until_signalled
-from crm_sync.push import DEFAULT_RETRY, RetryPolicy, _describe_exc, is_retryable
+from crm_sync.local.schema import API_VERSION
+from crm_sync.local.server import LocalSalesforce, serve_until_signalled
+from crm_sync.local.tls import certificate_file, instance_file
+from crm_sync.retry import DEFAULT_RETRY, RetryPolicy, describe_exc, is_retryable
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def login_with_retry(login: Callable[[], Salesforce], policy: RetryPolicy = DEFA
             if not is_retryable(exc) or attempt + 1 >= policy.attempts:
                 raise
             pause = policy.delay(attempt)
-            log.warning("%s failed (%s); retry %d of %d in %.2f s", what, _describe_exc(exc), attempt + 1, policy.attempts - 1, pause)
+            log.warning("%s failed (%s); retry %d of %d in %.2f s", what, describe_exc(exc), attempt + 1, policy.attempts - 1, pause)
             time.sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover
 

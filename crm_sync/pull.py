@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, replace_rows
 from crm_sync.client import connect, local_crm
-from crm_sync.push import DEFAULT_RETRY, in_clause_queries, query_all
+from crm_sync.query import in_clause_queries, query_all
+from crm_sync.retry import DEFAULT_RETRY
 
 log = logging.getLogger(__name__)
 

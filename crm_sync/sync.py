@@ -8,7 +8,9 @@ org knows the warehouse's accounts and their owners (a real org already does).
 Nothing is silent: every account a run does not write is named with the reason (no crm
 id, older score), and records Salesforce rejected make :func:`sync_crm` raise
 :class:`CrmSyncFailed` once everything else is written and recorded, so the flow run
-fails and its notifications fire.
+fails and its notifications fire. :func:`retry_failed` re-sends exactly the records the
+intent ledger holds as failed (composite per-record errors and Bulk 2.0 failed rows both
+land there), through the same push.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ from churnflow.warehouse import read_sql, table_exists
 from crm_sync.client import connect, local_crm
 from crm_sync.ledger import Ledger
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.push import (BULK_THRESHOLD, DEFAULT_RETRY, AccountResolver, PushSummary, RecordFailure, RecordSkip, RetryPolicy,
-                           in_clause_queries, push_account_health, push_tasks, query_all)
+from crm_sync.plan import PlannedChange, estimate_api_calls, plan_changes
+from crm_sync.push.accounts import AccountResolver, push_account_health
+from crm_sync.push.bulk import BULK_THRESHOLD
+from crm_sync.push.results import PushSummary, RecordFailure, RecordSkip
+from crm_sync.push.tasks import push_tasks
+from crm_sync.query import in_clause_queries, query_all
+from crm_sync.retry import DEFAULT_RETRY, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ class SyncSummary:
     tasks: PushSummary | None = None
     planned: dict[str, int] = field(default_factory=dict)
     statuses_changed: int = 0
-    changes: list[Any] = field(default_factory=list)  # dry run: crm_sync.ops.PlannedChange
+    changes: list[PlannedChange] = field(default_factory=list)  # dry run: what would be written
     api_estimate: dict[str, int] = field(default_factory=dict)  # dry run: calls the push would take
     account_of: dict[str, str] = field(default_factory=dict)  # crm_account_id -> account_id, to name rejected accounts
 
@@ -193,8 +200,6 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
     summary) when Salesforce rejected any record, after everything else was written.
     ``timeout`` overrides the client's (connect, read) timeout in seconds.
     """
-    from outreach.playbooks import record_task_ids
-
     health = load_account_health(engine, as_of)
     tasks = load_pending_tasks(engine)
     if accounts is not None:  # a subset run (ops re-running a few accounts) pushes only those
@@ -203,12 +208,10 @@ def sync_crm(engine: sa.Engine, settings: Any, as_of: date, *, dry_run: bool = F
         tasks = tasks[tasks["account_id"].isin(wanted)].reset_index(drop=True) if "account_id" in tasks else tasks
     summary = SyncSummary(as_of=as_of, dry_run=dry_run, planned={"accounts": len(health), "tasks": len(tasks)})
     if dry_run:  # read-only: not even the ledger table is created
-        from crm_sync.ops import estimate_api_calls, plan_changes
-
         ledger = Ledger.existing(engine) if use_ledger else None
         summary.changes, n_accounts, n_tasks = plan_changes(engine, as_of, health, tasks, ledger, settings.crm_min_health_change,
-                                                                  settings.crm_min_trend_change)
-        summary.planned["accounts"] = n_accounts
+                                                            settings.crm_min_trend_change, settings.sf_account_match_field)
+        summary.planned.update(accounts=n_accounts, tasks=n_tasks)
         emails = {str(e).strip().lower() for e in tasks.get("owner_email", pd.Series(dtype=object)).dropna()}
         unverified = len({c.record for c in summary.changes if c.sobject == "Account" and not c.old_known})
         summary.api_estimate = estimate_api_calls(n_accounts, n_tasks, len(emails), bulk_threshold=bulk_threshold,
@@ -262,3 +265,59 @@ def refresh_task_status(engine: sa.Engine, sf: Salesforce, policy: RetryPolicy =
             conn.execute(sa.text(f"UPDATE {TASKS_TABLE} SET status = :status WHERE crm_task_id = :task_id"), changed)
     log.info("task status read back: %d of %d open tasks changed", len(changed), len(ours))
     return len(changed)
+
+
+@dataclass
+class RetrySummary:
+    """What ``churnflow sync --retry-failed`` found in the ledger and what re-sending it did."""
+
+    failed_before: dict[str, int] = field(default_factory=dict)
+    accounts: PushSummary | None = None
+    tasks: PushSummary | None = None
+    not_pending: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if not any(self.failed_before.values()):
+            return "retry: the ledger holds no failed records"
+        parts = [f"retry: {self.failed_before.get('account_health', 0)} failed account(s), "
+                 f"{self.failed_before.get('tasks', 0)} failed task(s) in the ledger"]
+        for s in (self.accounts, self.tasks):
+            if s is not None:
+                ok = s.updated + s.created + s.unchanged
+                parts.append(f"{s.kind}: {ok} now confirmed, {s.failed} still failing; {s.describe()}")
+        if self.not_pending:
+            parts.append(f"{len(self.not_pending)} failed record(s) are no longer in today's data and were not re-sent")
+        return "\n".join(parts)
+
+
+def _failed_keys(ledger: Ledger, kind: str) -> set[str]:
+    return {k for k, e in ledger.entries(kind).items() if e.status == "failed"}
+
+
+def retry_failed(engine: sa.Engine, settings: Any, as_of: date, *, retry: RetryPolicy | None = None,
+                 bulk_threshold: int = BULK_THRESHOLD, poll_interval: float = 0.25) -> RetrySummary:
+    """Re-send exactly the records the ledger records as failed (today's values), nothing else."""
+    summary = RetrySummary()
+    ledger = Ledger.existing(engine)
+    if ledger is None:
+        return summary
+    failed_accounts = _failed_keys(ledger, "account_health")
+    failed_tasks = _failed_keys(ledger, "tasks")
+    summary.failed_before = {"account_health": len(failed_accounts), "tasks": len(failed_tasks)}
+    if not failed_accounts and not failed_tasks:
+        return summary
+    health = load_account_health(engine, as_of)
+    if len(health):
+        health = health[health["crm_account_id"].astype(str).str.strip().isin(failed_accounts)]
+    tasks = load_pending_tasks(engine)
+    if len(tasks):
+        tasks = tasks[tasks["task_key"].astype(str).isin(failed_tasks)]
+    found = set(health["crm_account_id"].astype(str).str.strip()) | set(tasks["task_key"].astype(str))
+    summary.not_pending = sorted((failed_accounts | failed_tasks) - found)
+    local = settings.crm == "local"
+    with local_crm(settings) if local else nullcontext():
+        sf = connect(settings)
+        push_health_and_tasks(engine, sf, settings, health, tasks, summary, ledger=ledger, retry=retry,
+                              bulk_threshold=bulk_threshold, poll_interval=poll_interval)
+    log.info("%s", summary.describe())
+    return summary

@@ -11,11 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from simple_salesforce import Salesforce
+
+from churnflow.warehouse import get_engine
 
 from crm_sync.client import connect_local
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.push import RetryPolicy, clear_owner_cache
+from crm_sync.push.tasks import clear_owner_cache
+from crm_sync.retry import RetryPolicy
+from tests.helpers import free_port
 
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
 _counter = itertools.count(1)
@@ -56,3 +61,15 @@ def uid() -> str:
 @pytest.fixture
 def retry() -> RetryPolicy:
     return FAST_RETRY
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> sa.Engine:
+    """A fresh CHURNFLOW_HOME whose CRM is a local server on a free port, as the CLI sees it;
+    returns an engine on its (empty) warehouse for the test to fill, then dispose."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CHURNFLOW_HOME", str(home))
+    monkeypatch.setenv("CHURNFLOW_CRM", "local")
+    monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(free_port()))
+    home.mkdir()
+    return get_engine(f"duckdb:///{home / 'warehouse.duckdb'}")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 from datetime import date
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from churnflow.cli import app
 from churnflow.settings import Settings
-from churnflow.warehouse import get_engine
 from crm_sync.client import connect, local_crm
 
 from .test_crm_ledger_sync import _warehouse
@@ -21,24 +20,14 @@ runner = CliRunner()
 AS_OF = date(2026, 11, 20)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def invoke(*args: str, code: int = 0) -> str:
     result = runner.invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == code, result.output
     return result.output
 
 
-def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CHURNFLOW_CRM", "local")
-    monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(_free_port()))
-    (tmp_path / "home").mkdir()
-    engine = get_engine(f"duckdb:///{tmp_path / 'home' / 'warehouse.duckdb'}")
+def test_sync_flags(cli_home: sa.Engine) -> None:
+    engine = cli_home
     accounts, _ = _warehouse(engine, AS_OF)
     engine.dispose()
     settings = Settings()

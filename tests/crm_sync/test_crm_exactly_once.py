@@ -25,8 +25,10 @@ from crm_sync.client import connect, connect_local, local_crm
 from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.ops import reconcile, repair_duplicates
-from crm_sync.push import REPAIR_NOTE, AccountResolver, RetryPolicy, push_account_health, push_tasks
+from crm_sync.push.accounts import AccountResolver, push_account_health
+from crm_sync.push.tasks import REPAIR_NOTE, push_tasks
+from crm_sync.repair import reconcile, repair_duplicates
+from crm_sync.retry import RetryPolicy
 from crm_sync.sync import CrmSyncFailed, sync_crm
 
 from .test_crm_ledger_sync import _complete, _warehouse
@@ -300,16 +302,10 @@ def test_the_first_login_is_retried(server: LocalSalesforce, tmp_path: Path) -> 
         connect(settings, retry=FAST)
 
 
-def test_rejected_records_fail_the_cli_with_the_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rejected_records_fail_the_cli_with_the_reasons(cli_home: sa.Engine) -> None:
     from churnflow.cli import app
 
-    from .test_crm_cli import _free_port
-
-    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CHURNFLOW_CRM", "local")
-    monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(_free_port()))
-    (tmp_path / "home").mkdir()
-    engine = get_engine(f"duckdb:///{tmp_path / 'home' / 'warehouse.duckdb'}")
+    engine = cli_home
     _warehouse(engine, D2)
     with engine.begin() as conn:  # an Account the CRM does not hold: Salesforce rejects the task
         conn.execute(sa.text("UPDATE outreach_tasks SET crm_account_id = :g WHERE task_key = 'A5:save:2026-11-20'"), {"g": make_id("001", 999_998)})

@@ -27,8 +27,9 @@ from crm_sync.client import connect
 from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.ops import intended_tasks, reconcile_with
-from crm_sync.push import RetryPolicy, clear_owner_cache
+from crm_sync.push.tasks import clear_owner_cache
+from crm_sync.repair import intended_tasks, reconcile_with
+from crm_sync.retry import RetryPolicy
 from crm_sync.sync import CrmSyncFailed, load_account_health, sync_crm
 
 from .test_crm_ledger_sync import _complete

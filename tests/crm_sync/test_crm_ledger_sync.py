@@ -18,7 +18,9 @@ from crm_sync.client import connect, local_crm
 from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
 from crm_sync.local.server import LocalSalesforce
-from crm_sync.push import RetryPolicy, push_account_health, push_tasks
+from crm_sync.push.accounts import push_account_health
+from crm_sync.push.tasks import push_tasks
+from crm_sync.retry import RetryPolicy
 from crm_sync.sync import sync_crm
 
 from .test_crm_push import assert_accounts_match, assert_tasks_match, health_frame, seed_accounts, seed_owners, tasks_frame

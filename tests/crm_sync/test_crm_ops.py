@@ -15,9 +15,10 @@ from churnflow.warehouse import get_engine, read_sql, replace_rows
 from crm_sync.client import connect, local_crm
 from churnflow.salesforce_ids import make_id
 from crm_sync.ledger import Ledger
-from crm_sync.ops import Difference, estimate_api_calls, reconcile, retry_failed
-from crm_sync.push import RetryPolicy
-from crm_sync.sync import CrmSyncFailed, sync_crm
+from crm_sync.plan import estimate_api_calls
+from crm_sync.repair import Difference, reconcile
+from crm_sync.retry import RetryPolicy
+from crm_sync.sync import CrmSyncFailed, retry_failed, sync_crm
 
 from .test_crm_ledger_sync import _warehouse
 

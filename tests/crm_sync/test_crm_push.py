@@ -13,7 +13,10 @@ from simple_salesforce import Salesforce
 
 from crm_sync.client import connect_local
 from crm_sync.local.server import MAX_URI_LENGTH, LocalSalesforce
-from crm_sync.push import RetryPolicy, in_clause_queries, push_account_health, push_tasks
+from crm_sync.push.accounts import push_account_health
+from crm_sync.push.tasks import push_tasks
+from crm_sync.query import in_clause_queries
+from crm_sync.retry import RetryPolicy
 
 SCORED_AT = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
 AS_OF = date(2026, 11, 20)
