@@ -28,6 +28,9 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, table_exists
@@ -154,9 +157,6 @@ def create_app(settings: Settings | None = None, secrets: dict[str, bytes] | Non
     """The FastAPI application (secrets resolved now: a missing one fails before serving)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
 
     settings = settings or Settings()
     intake = Intake(settings, secrets if secrets is not None else auth.resolve_secrets(list(SHAPES)), publish_events=publish_events)
