@@ -25,7 +25,10 @@ def publish(event_id: str, account_id: str, kind: str, source: str) -> bool:
     is not configured to emit (no PREFECT_API_URL). The inbox row is already committed: a
     publish that is lost is redone by :func:`events.intake.redeliver`."""
     from prefect.events import emit_event
+    from prefect.settings import get_current_settings
 
+    if not get_current_settings().api.url:  # no server to react: the events wait in the inbox
+        return False
     try:
         sent = emit_event(
             event=EVENT_NAME,
