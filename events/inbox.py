@@ -118,10 +118,8 @@ def apply_pending(engine: sa.Engine, account_id: str, reaction_run: str, now: da
                 received = pd.Timestamp(group["received_at"].max()).to_pydatetime()
                 loaded_at = _loaded_at(conn, str(table), received) if str(table) in VERSIONED else None
                 key = spec.key[0]
-                ensure_table(conn, str(table), frame)
-                t = sa.table(str(table), sa.column(key))
-                conn.execute(t.delete().where(t.c[key].in_(frame[key].tolist())))
-                replace_rows(conn, str(table), frame, loaded_at=loaded_at)
+                for value, one in frame.groupby(key, sort=False):
+                    replace_rows(conn, str(table), one.reset_index(drop=True), where={key: value}, loaded_at=loaded_at)
             else:
                 replace_rows(conn, str(table), frame)
             done.rows[str(table)] = len(frame)
