@@ -477,6 +477,17 @@ def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (defau
     serve_local_crm(settings, port=port)
 
 
+@app.command("serve-events")
+def serve_events_cmd(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to accept webhooks from other machines).")] = "127.0.0.1",
+) -> None:
+    """Receive survey, ticket and product-failure webhooks (docs/events.md); each accepted event triggers a reaction."""
+    from events.intake import serve
+
+    serve(host=host, port=port, settings=_settings())
+
+
 @app.command("docs")
 def docs_cmd(out: Annotated[Path, typer.Option(help="Docs folder.")] = Path("docs")) -> None:
     """Regenerate docs/data-model.md, docs/features.md and docs/mapping.md from their declarations."""

@@ -421,6 +421,54 @@ HISTORY: dict[str, TableSpec] = {
 }
 DECLARED = {**DECLARED, **HISTORY}
 
+# -- event intake (events/, flows/react.py) -------------------------------------------------
+# Webhook events are committed here before they are acknowledged, then applied to the
+# canonical tables by the reaction they trigger.
+
+EVENT_INBOX = TableSpec(
+    "event_inbox",
+    "Every accepted webhook event (events.intake), committed before the HTTP acknowledgement: the canonical row it "
+    "carries, and whether a reaction has applied it to its canonical table yet.",
+    (
+        Column("event_id", "str", "The sender's event id (Zendesk `id`, Typeform `event_id`, churnflow `event_id`); a second delivery is a duplicate."),
+        Column("source", "str", "The payload shape it came in: survey, ticket, failure (churnflow's own), zendesk or typeform."),
+        Column("kind", "str", "What happened: survey, ticket.created, ticket.updated, ticket.closed or failure."),
+        Column("table_name", "str", "The canonical table the row goes to: surveys, tickets or usage."),
+        Column("account_id", "str", "The account the event is about."),
+        Column("occurred_at", "timestamp", "When it happened, as the sender says (naive UTC)."),
+        Column("received_at", "timestamp", "When churnflow committed it (naive UTC)."),
+        Column("row_json", "str", "The canonical row (JSON), mapped and checked by the table's contract."),
+        Column("status", "str", "received (not applied yet) or applied."),
+        Column("applied_at", "timestamp", "When a reaction applied it to the canonical table.", required=False),
+        Column("reaction_run", "str", "The Prefect flow run (react) that applied it.", required=False),
+    ),
+    key=("event_id",),
+    indexes=(("account_id", "status"),),
+)
+
+EVENT_REACTIONS = TableSpec(
+    "event_reactions",
+    "One row per reaction (flows/react.py): the events it applied, the score before and after, the task it decided.",
+    (
+        Column("reaction_run", "str", "The Prefect flow run."),
+        Column("account_id", "str", "The account."),
+        Column("event_ids", "str", "JSON list of the events applied."),
+        Column("as_of_date", "date", "The scoring day written (the day after the newest event's day)."),
+        Column("health_before", "int", "Health score the account had before (that day's or the latest earlier one).", required=False),
+        Column("health_after", "int", "Health score after the reaction.", required=False),
+        Column("band_before", "str", "Band before.", required=False),
+        Column("band_after", "str", "Band after.", required=False),
+        Column("task_keys", "str", "JSON list of the outreach task keys decided (empty list: none).", required=False),
+        Column("outcome", "str", "task (a task was sent), held_out, no_task or no_score (account not active)."),
+        Column("started_at", "timestamp", "When the reaction started."),
+        Column("finished_at", "timestamp", "When it finished."),
+    ),
+    key=("reaction_run", "account_id"),
+)
+
+EVENTS: dict[str, TableSpec] = {t.name: t for t in (EVENT_INBOX, EVENT_REACTIONS)}
+DECLARED = {**DECLARED, **EVENTS}
+
 
 def coerce(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     """Return ``frame`` with exactly the spec's columns in order and types.

@@ -49,9 +49,18 @@ def build_deployments(prefect_yaml: Path = PREFECT_YAML, only: list[str] | None 
                 parameters=spec.get("parameters") or {},
                 schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in spec.get("schedules") or []],
                 concurrency_limit=spec.get("concurrency_limit"),
+                triggers=_triggers(spec.get("triggers") or []),
             )
         )
     return deployments
+
+
+def _triggers(specs: list[dict[str, Any]]) -> list[Any]:
+    """prefect.yaml's ``triggers:`` entries as Prefect's deployment trigger objects."""
+    from pydantic import TypeAdapter
+    from prefect.events import DeploymentTriggerTypes
+
+    return [TypeAdapter(DeploymentTriggerTypes).validate_python(spec) for spec in specs]
 
 
 def worker_deployments(deployments: list[Any]) -> list[tuple[str, Any]]:
