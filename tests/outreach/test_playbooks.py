@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from churnflow.vocabulary import CLOSED_TASK_STATUSES
-from outreach.playbooks import PlaybookError, decide_tasks, in_holdout, load_playbooks, task_key
+from outreach.decisions import decide_tasks, in_holdout, task_key
+from outreach.playbooks import PlaybookError, load_playbooks
 from churnflow.schema import OUTREACH_TASKS
 
 AS_OF = date(2026, 11, 2)
