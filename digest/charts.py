@@ -85,6 +85,20 @@ def _money_axis(ax: Axes, currency: str) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(short))
 
 
+def _weekly_axes(ax: Axes, labels: list[str], step: int, ylabel: str) -> None:
+    """Score weeks along x (every ``step``-th labelled), ``ylabel`` up the side."""
+    ax.set_xticks(range(0, len(labels), step), labels[::step])
+    ax.set_ylabel(ylabel, fontsize=11)
+    ax.set_xlabel("Score date (weekly)", fontsize=11)
+
+
+def _legend(ax: Axes, **kwargs: object) -> None:
+    """A frameless legend above the plot, in the text colour legible on light and dark."""
+    legend = ax.legend(frameon=False, loc="lower center", **kwargs)
+    for text in legend.get_texts():
+        text.set_color(CHART_TEXT)
+
+
 def build_charts(history: pd.DataFrame, digest: Digest) -> list[Chart]:
     """Band mix, ARR-at-risk trend and driver bars as transparent PNGs with phone-size text."""
     out: list[Chart] = []
@@ -100,12 +114,8 @@ def build_charts(history: pd.DataFrame, digest: Digest) -> list[Chart]:
             vals = counts[band].tolist() if band in counts else [0.0] * len(weeks)
             ax.bar(range(len(weeks)), vals, bottom=bottom, color=BAND_COLOURS[band], label=band_label(band), width=0.75)
             bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_xticks(range(0, len(weeks), step), labels[::step])
-        ax.set_ylabel("Accounts", fontsize=11)
-        ax.set_xlabel("Score date (weekly)", fontsize=11)
-        leg = ax.legend(ncols=3, fontsize=10.5, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
-        for t in leg.get_texts():
-            t.set_color(CHART_TEXT)
+        _weekly_axes(ax, labels, step, "Accounts")
+        _legend(ax, ncols=3, fontsize=10.5, bbox_to_anchor=(0.5, 1.0))
         worst = BANDS_BY_RISK[0]
         worst_now = int(counts[worst].iloc[-1]) if worst in counts else 0
         out.append(Chart("band_mix", CHART_TITLES["band_mix"],
@@ -120,12 +130,8 @@ def build_charts(history: pd.DataFrame, digest: Digest) -> list[Chart]:
                 label=f"{band_label(worst)} accounts")
         ax.set_ylim(bottom=0)
         _money_axis(ax, digest.currency)
-        ax.set_xticks(range(0, len(weeks), step), labels[::step])
-        ax.set_ylabel("ARR at risk", fontsize=11)
-        ax.set_xlabel("Score date (weekly)", fontsize=11)
-        leg = ax.legend(ncols=2, fontsize=10.5, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
-        for t in leg.get_texts():
-            t.set_color(CHART_TEXT)
+        _weekly_axes(ax, labels, step, "ARR at risk")
+        _legend(ax, ncols=2, fontsize=10.5, bbox_to_anchor=(0.5, 1.0))
         out.append(Chart("arr_at_risk", CHART_TITLES["arr_at_risk"],
                          f"Line chart of ARR at risk per week, now {fmt_money(float(arr.iloc[-1]), digest.currency)}.", _png(fig)))
     else:
@@ -148,10 +154,7 @@ def build_charts(history: pd.DataFrame, digest: Digest) -> list[Chart]:
         if all(f.previous_share is not None for f in feats):
             handles.append(ax.scatter([f.previous_share * 100 for f in feats], ys, marker="|", s=260, linewidths=2.5,
                                       color=CHART_TEXT, zorder=3, label="last week"))
-        leg = ax.legend(handles=handles, ncols=3, fontsize=10, frameon=False, loc="lower center",
-                        bbox_to_anchor=(0.35, 1.0), handlelength=1.2, columnspacing=1.0)
-        for t in leg.get_texts():
-            t.set_color(CHART_TEXT)
+        _legend(ax, handles=handles, ncols=3, fontsize=10, bbox_to_anchor=(0.35, 1.0), handlelength=1.2, columnspacing=1.0)
         ax.set_yticks(list(ys), [textwrap.shorten(f.label, 26, placeholder="…") for f in feats], fontsize=10.5)
         ax.set_xlabel("Share of at-risk drivers (%)", fontsize=11)
         out.append(Chart("drivers", CHART_TITLES["drivers"],

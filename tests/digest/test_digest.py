@@ -365,6 +365,18 @@ def test_outreach_counts_by_playbook(digest, book):
         assert r.completed_to_date == int(((g.status == "Completed") & ~g.held_out).sum())
 
 
+def _assert_lift(d: Digest, decided: pd.DataFrame) -> dict:
+    """The digest's lift rows are the sent and held-out counts (and churns) of ``decided`` per playbook."""
+    rows = {r.playbook: r for r in d.outreach.lift}
+    assert set(rows) == set(decided.playbook), d.outreach.lift_reason
+    for pb, lift in rows.items():
+        g = decided[decided.playbook == pb]
+        sent, held = g[~g.held_out], g[g.held_out]
+        assert (lift.treated, lift.treated_churned, lift.holdout, lift.holdout_churned) == (
+            len(sent), sent.churned.sum(), len(held), held.churned.sum())
+    return rows
+
+
 def test_lift_uses_only_matured_outcomes(digest, engine, book):
     t = book.tasks
     matured = t[t.as_of_date + pd.Timedelta(days=90 + 30) <= pd.Timestamp(WEEK_ENDING)].copy()
@@ -375,13 +387,7 @@ def test_lift_uses_only_matured_outcomes(digest, engine, book):
     matured = matured[end_of.isna() | (end_of > matured.as_of_date)]
     end_of = matured.account_id.map(ends)
     matured["churned"] = end_of.notna() & (end_of < matured.as_of_date + pd.Timedelta(days=90))
-    rows = {r.playbook: r for r in digest.outreach.lift}
-    assert set(rows) == set(matured.playbook), digest.outreach.lift_reason
-    for pb, lift in rows.items():
-        g = matured[matured.playbook == pb]
-        sent, held = g[~g.held_out], g[g.held_out]
-        assert (lift.treated, lift.treated_churned, lift.holdout, lift.holdout_churned) == (
-            len(sent), sent.churned.sum(), len(held), held.churned.sum())
+    rows = _assert_lift(digest, matured)
     assert sum(r.treated_churned + r.holdout_churned for r in rows.values()) > 0
     assert all(r.small_sample for r in rows.values())
     later = build_digest(engine, WEEK_ENDING, outcome_horizon_days=365, charts=False)
@@ -400,13 +406,7 @@ def test_lift_waits_for_the_label_lead(engine, book):
     assert days and len(days) < len(HISTORIC_TASK_DATES)  # some, not all, of the historic tasks have matured
     labels = labels_for_dates(engine, days, horizon_days=90, grace_days=30, observed_until=WEEK_ENDING, lead_days=lead)
     decided = t[t.as_of_date.dt.date.isin(days)].merge(labels, on=["account_id", "as_of_date"])
-    rows = {r.playbook: r for r in d.outreach.lift}
-    assert set(rows) == set(decided.playbook), d.outreach.lift_reason
-    for pb, lift in rows.items():
-        g = decided[decided.playbook == pb]
-        sent, held = g[~g.held_out], g[g.held_out]
-        assert (lift.treated, lift.treated_churned, lift.holdout, lift.holdout_churned) == (
-            len(sent), sent.churned.sum(), len(held), held.churned.sum())
+    _assert_lift(d, decided)
     none_yet = build_digest(engine, WEEK_ENDING, label_lead_days=200, charts=False)
     assert none_yet.outreach.lift == [] and "(lead + horizon + grace)" in none_yet.outreach.lift_reason
 
