@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -22,8 +22,10 @@ import sqlalchemy as sa
 from churnflow.schema import OUTREACH_TASKS
 from churnflow.vocabulary import CLOSED_TASK_STATUSES, NEW_TASK_STATUS
 from churnflow.warehouse import read_sql, replace_rows
-from outreach.playbooks import Playbook, PlaybookBook
 from outreach.task_table import TASKS_TABLE, existing_tasks
+
+if TYPE_CHECKING:  # only the types: outreach.playbooks re-exports this module's names
+    from outreach.playbooks import Playbook, PlaybookBook
 
 log = logging.getLogger(__name__)
 

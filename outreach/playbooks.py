@@ -22,7 +22,9 @@ from churnflow.errors import ChurnflowError
 from churnflow.vocabulary import BANDS, DEFAULT_TASK_PRIORITY, TASK_PRIORITIES
 from features.catalogue import BY_NAME
 
-# The task table's I/O moved to outreach.task_table; crm_sync imports these names from here.
+# Moved names, still importable from here for callers not yet updated (crm_sync, flows/react.py):
+# the task table's I/O lives in outreach.task_table, the decisions in outreach.decisions.
+from outreach.decisions import decide_tasks, in_holdout, run_outreach, task_key  # noqa: F401
 from outreach.task_table import TASKS_TABLE, existing_tasks, pending_tasks, record_task_ids  # noqa: F401
 
 SCORE_FIELDS: dict[str, str] = {
