@@ -240,7 +240,8 @@ def score_cmd(as_of: AsOf = None) -> None:
 @app.command("outreach")
 def outreach_cmd(as_of: AsOf = None) -> None:
     """Run the playbooks over a day's scores and record new outreach tasks."""
-    from outreach.playbooks import load_playbooks, run_outreach
+    from outreach.decisions import run_outreach
+    from outreach.playbooks import load_playbooks
     from churnflow.warehouse import read_sql
     from models.score import load_features
 
@@ -336,7 +337,7 @@ def digest_cmd(
     no_email: Annotated[bool, typer.Option("--no-email", help="Write the files only, even if SMTP is configured.")] = False,
 ) -> None:
     """Write the weekly executive risk digest from stored scores and tasks (and email it if SMTP is set)."""
-    from digest.build import publish_digest
+    from digest.publish import publish_digest
 
     settings = _settings()
     day = _as_of(settings, week_ending)

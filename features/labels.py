@@ -122,11 +122,14 @@ active AS (
     )
 )"""
 
-_NEXT_CHURN = """
+# A churn event counts unless the account came back within the grace period.
+_COUNTS = "(reactivated_at IS NULL OR reactivated_at - churn_date > :grace_days)"
+
+_NEXT_CHURN = f"""
 next_churn AS (
   SELECT account_id, MIN(churn_date) AS churn_date
   FROM events
-  WHERE churn_date > :as_of AND (reactivated_at IS NULL OR reactivated_at - churn_date > :grace_days)
+  WHERE churn_date > :as_of AND {_COUNTS}
   GROUP BY account_id
 )"""
 
@@ -182,8 +185,32 @@ def active_accounts(engine: sa.Engine, as_of: date, churn_source: ChurnSource | 
     return pd.Index(sorted(ids.astype(str)), name="account_id")
 
 
+def counting_churns(
+    engine: sa.Engine, first: date, last: date, *, grace_days: int, churn_source: ChurnSource | None = None,
+) -> pd.DataFrame:
+    """The churns that count (not reactivated within the grace period) dated in ``[first, last]``:
+    account_id, churn_date, from the manifest's churn source unless overridden.
+
+    The churns labels are made of, for readers that report them by period (the digest's
+    "churned this week") rather than per as-of date."""
+    source = resolve_churn_source(engine, churn_source)
+    sql = (f"WITH {_events_cte(source)}\nSELECT account_id, churn_date FROM events "
+           f"WHERE churn_date >= :first AND churn_date <= :last AND {_COUNTS} ORDER BY churn_date, account_id")
+    params = {**rule_params(first, grace_days), "first": _ts(first).to_pydatetime(), "last": _ts(last).to_pydatetime()}
+    out = read_sql(engine, sql, params)
+    out["account_id"] = out["account_id"].astype(str)
+    out["churn_date"] = pd.to_datetime(out["churn_date"]).astype("datetime64[ns]")
+    return out
+
+
+def label_wait_days(*, horizon_days: int, grace_days: int, lead_days: int = 0) -> int:
+    """Days after an as-of date D until its label is known: lead + horizon + grace."""
+    return lead_days + horizon_days + grace_days
+
+
 def is_matured(as_of: date, *, horizon_days: int, grace_days: int, observed_until: date, lead_days: int = 0) -> bool:
-    return as_of + timedelta(days=lead_days + horizon_days + grace_days) <= observed_until
+    """Whether the label of ``as_of`` is known by ``observed_until`` (the one maturity rule)."""
+    return as_of + timedelta(days=label_wait_days(horizon_days=horizon_days, grace_days=grace_days, lead_days=lead_days)) <= observed_until
 
 
 def _require_matured(as_of: date, *, horizon_days: int, grace_days: int, observed_until: date, lead_days: int) -> None:
@@ -349,7 +376,7 @@ def training_dates(
     """The newest ``snapshots`` monthly as-of dates whose labels have matured and that have
     at least ``min_history_days`` of history behind them."""
     first = data_start + timedelta(days=min_history_days)
-    last = observed_until - timedelta(days=lead_days + horizon_days + grace_days)
+    last = observed_until - timedelta(days=label_wait_days(horizon_days=horizon_days, grace_days=grace_days, lead_days=lead_days))
     dates = month_starts(first, last)
     return dates[-snapshots:]
 

@@ -30,8 +30,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from churnflow import demo_data
-from digest import build as digest_stage
-from outreach import playbooks as outreach
+from digest import publish as digest_stage
+from outreach import decisions as outreach_decisions, playbooks as outreach
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine
 from crm_sync import sync as crm_stage
@@ -223,7 +223,7 @@ def task_runner(settings: Settings) -> TaskRunner:
 @task(name="decide-outreach", cache_policy=NO_CACHE, **WAREHOUSE_RETRIES)
 def decide_outreach(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
     book = outreach.load_playbooks(settings.playbooks_file)
-    new = outreach.run_outreach(get_engine(settings.warehouse), scores, features, as_of, book, seed=settings.seed)
+    new = outreach_decisions.run_outreach(get_engine(settings.warehouse), scores, features, as_of, book, seed=settings.seed)
     get_run_logger().info("outreach: %d new tasks, %d held out", int((~new["held_out"]).sum()) if len(new) else 0, int(new["held_out"].sum()) if len(new) else 0)
     return new
 

@@ -1,4 +1,4 @@
-"""Tests for the weekly executive digest (digest.build).
+"""Tests for the weekly executive digest (the digest package: build, sections, render, publish).
 
 The warehouse is a small but realistic DuckDB book written with ``replace_rows``: 60 accounts
 scored weekly for 14 weeks, some worsening, a few turning red in the last week, outreach
@@ -23,9 +23,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digest import build as dg
+from churnflow.mail import SmtpConfig
+from churnflow.manifest import DataManifest
+from digest.build import build_digest
+from digest.formatting import SPARK_CHARS, SPARK_MIN_SPAN, sparkline
+from digest.publish import send_digest, write_digest
+from digest.render import render_html, render_markdown, render_text
+from digest.report import Digest, Metric
 from features.catalogue import FAMILIES
-from churnflow.schema import ACCOUNT_SCORES, ACCOUNTS, OUTREACH_TASKS, SUBSCRIPTIONS, SURVEYS, coerce
+from features.labels import is_matured, labels_for_dates
+from churnflow.schema import (
+    ACCOUNT_SCORES, ACCOUNTS, CHURN_EVENTS, INGEST_MANIFEST, OUTREACH_TASKS, SUBSCRIPTIONS, SURVEYS, coerce,
+)
 from churnflow.warehouse import get_engine, replace_rows
 
 WEEK_ENDING = date(2026, 11, 22)  # a Sunday; scores are on Mondays
@@ -191,17 +200,17 @@ def engine(book, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digest(engine) -> dg.Digest:
-    return dg.build_digest(engine, WEEK_ENDING, feature_family=FAMILY)
+def digest(engine) -> Digest:
+    return build_digest(engine, WEEK_ENDING, feature_family=FAMILY)
 
 
 @pytest.fixture(scope="module")
-def open_digest(engine) -> dg.Digest:
-    return dg.build_digest(engine, WEEK_ENDING, feature_family=FAMILY, include_verbatims=True,
+def open_digest(engine) -> Digest:
+    return build_digest(engine, WEEK_ENDING, feature_family=FAMILY, include_verbatims=True,
                            include_contacts=True, charts=False)
 
 
-def _metric(d: dg.Digest, label: str) -> dg.Metric:
+def _metric(d: Digest, label: str) -> Metric:
     return next(m for m in d.headline.metrics if m.label == label)
 
 
@@ -224,34 +233,78 @@ def test_headline_matches_independent_computation(digest, book):
     assert digest.headline.total_arr == pytest.approx(now.arr.sum())
 
 
-def _churned_arr(subs: pd.DataFrame, lo: date, hi: date) -> tuple[float, set[str]]:
-    """Row-by-row restatement of the rule: coverage ended in [lo, hi] and nothing else outlasts it."""
+def _churned_arr(subs: pd.DataFrame, scores: pd.DataFrame, lo: date, hi: date, grace: int = 30) -> tuple[float, set[str]]:
+    """Row-by-row restatement of the labels' coverage rule: a term's coverage ends at its end_date,
+    or the day after its cancellation; the account churns that day unless another of its terms
+    covers it or starts within the grace period. ARR is the account's last score before the churn."""
+    def cover_end(s) -> date:
+        end = s.end_date.date()
+        return end if pd.isna(s.cancelled_at) else min(end, s.cancelled_at.date() + timedelta(days=1))
+
     total, accounts = 0.0, set()
     for s in subs.itertuples():
-        end = s.end_date.date()
-        if pd.notna(s.cancelled_at) and s.cancelled_at.date() < end:
-            end = s.cancelled_at.date()
+        end = cover_end(s)
         if not lo <= end <= hi:
             continue
-        renewed = False
-        for o in subs[(subs.account_id == s.account_id) & (subs.subscription_id != s.subscription_id)].itertuples():
-            o_end = o.end_date.date() if pd.isna(o.cancelled_at) else min(o.end_date.date(), o.cancelled_at.date())
-            renewed |= o_end > end and o.start_date.date() <= end + timedelta(days=30)
-        if not renewed:
-            total += s.arr
-            accounts.add(s.account_id)
+        others = subs[(subs.account_id == s.account_id) & (subs.subscription_id != s.subscription_id)]
+        if any(cover_end(o) > end and o.start_date.date() <= end + timedelta(days=grace) for o in others.itertuples()):
+            continue
+        scored = scores[(scores.account_id == s.account_id) & (scores.as_of_date < pd.Timestamp(end))]
+        total += float(scored.sort_values("as_of_date").arr.iloc[-1]) if len(scored) else 0.0
+        accounts.add(s.account_id)
     return total, accounts
 
 
 def test_arr_churned_this_week(digest, book):
-    expected, accounts = _churned_arr(book.subscriptions, WEEK_ENDING - timedelta(days=6), WEEK_ENDING)
-    assert accounts == {"A050", "A051", "A053"}  # the fixture's intent: A052/A054 renewed, A055/A056 outside
+    expected, accounts = _churned_arr(book.subscriptions, book.scores, WEEK_ENDING - timedelta(days=6), WEEK_ENDING)
+    # The fixture's intent: A052/A054 renewed; A051 cancelled late on the last day, so (covered
+    # through the day they cancel) it churns the day after, next week; A055/A056 outside.
+    assert accounts == {"A050", "A053"}
     m = _metric(digest, "ARR churned this week")
     assert m.current == pytest.approx(expected)
-    prev_expected, prev_accounts = _churned_arr(book.subscriptions, WEEK_ENDING - timedelta(days=13), WEEK_ENDING - timedelta(days=7))
+    prev_expected, prev_accounts = _churned_arr(book.subscriptions, book.scores, WEEK_ENDING - timedelta(days=13),
+                                                WEEK_ENDING - timedelta(days=7))
     assert prev_accounts == {"A055"}
     assert m.previous == pytest.approx(prev_expected)
     assert set(digest.headline.churned_accounts) == accounts
+
+
+def _label_churns(engine, first: date, last: date, grace: int = 30) -> set[str]:
+    """Accounts the labels of ``features.labels`` call churned in [first, last]: active the day
+    before, churned within a horizon that ends on ``last``."""
+    day = first - timedelta(days=1)
+    horizon = (last - day).days
+    labels = labels_for_dates(engine, [day], horizon_days=horizon, grace_days=grace, observed_until=last + timedelta(days=grace))
+    return set(labels.loc[labels.churned == 1, "account_id"])
+
+
+def test_churn_comes_from_the_labels_churn_source(tmp_path, book):
+    # A book whose churn is stated by a churn_events table (the mapping says so): the digest must
+    # count those churns, not the subscriptions' coverage, exactly as the labels do.
+    engine = write_book(tmp_path / "events.duckdb", book)
+    events = pd.DataFrame({
+        "account_id": ["A020", "A021", "A022", "A023"],
+        "churn_date": pd.to_datetime(["2026-11-18", "2026-11-20", "2026-11-10", "2026-11-23"]),
+        "reason": "stated by the CRM",
+        "reactivated_at": pd.to_datetime([None, "2026-11-27", None, None]),  # A021 came back within the grace
+    })
+    replace_rows(engine, "churn_events", coerce(events, CHURN_EVENTS), replace_all=True)
+    manifest = pd.DataFrame([{
+        "run_id": "r1", "run_date": pd.Timestamp(WEEK_ENDING), "started_at": pd.Timestamp(WEEK_ENDING),
+        "finished_at": pd.Timestamp(WEEK_ENDING), "mapping": "mapping.yaml",
+        "config": json.dumps(DataManifest(churn_source="churn_events").to_config()),
+    }])
+    replace_rows(engine, "ingest_manifest", coerce(manifest, INGEST_MANIFEST), replace_all=True)
+    d = build_digest(engine, WEEK_ENDING, charts=False)
+    week_start = WEEK_ENDING - timedelta(days=6)
+    assert set(d.headline.churned_accounts) == _label_churns(engine, week_start, WEEK_ENDING) == {"A020"}
+    now = book.scores[book.scores.as_of_date == pd.Timestamp(THIS)].set_index("account_id")
+    m = _metric(d, "ARR churned this week")
+    assert m.current == pytest.approx(now.arr["A020"])
+    assert _label_churns(engine, week_start - timedelta(days=7), week_start - timedelta(days=1)) == {"A022"}
+    assert m.previous == pytest.approx(book.scores.set_index(["as_of_date", "account_id"]).arr[(pd.Timestamp(LAST), "A022")])
+    # The coverage book's churns (the subscriptions are still there) are not this book's.
+    assert not {"A050", "A051", "A053"} & set(d.headline.churned_accounts)
 
 
 def test_top_accounts_by_arr_at_risk(digest, book):
@@ -312,6 +365,18 @@ def test_outreach_counts_by_playbook(digest, book):
         assert r.completed_to_date == int(((g.status == "Completed") & ~g.held_out).sum())
 
 
+def _assert_lift(d: Digest, decided: pd.DataFrame) -> dict:
+    """The digest's lift rows are the sent and held-out counts (and churns) of ``decided`` per playbook."""
+    rows = {r.playbook: r for r in d.outreach.lift}
+    assert set(rows) == set(decided.playbook), d.outreach.lift_reason
+    for pb, lift in rows.items():
+        g = decided[decided.playbook == pb]
+        sent, held = g[~g.held_out], g[g.held_out]
+        assert (lift.treated, lift.treated_churned, lift.holdout, lift.holdout_churned) == (
+            len(sent), sent.churned.sum(), len(held), held.churned.sum())
+    return rows
+
+
 def test_lift_uses_only_matured_outcomes(digest, engine, book):
     t = book.tasks
     matured = t[t.as_of_date + pd.Timedelta(days=90 + 30) <= pd.Timestamp(WEEK_ENDING)].copy()
@@ -322,18 +387,28 @@ def test_lift_uses_only_matured_outcomes(digest, engine, book):
     matured = matured[end_of.isna() | (end_of > matured.as_of_date)]
     end_of = matured.account_id.map(ends)
     matured["churned"] = end_of.notna() & (end_of < matured.as_of_date + pd.Timedelta(days=90))
-    rows = {r.playbook: r for r in digest.outreach.lift}
-    assert set(rows) == set(matured.playbook), digest.outreach.lift_reason
-    for pb, lift in rows.items():
-        g = matured[matured.playbook == pb]
-        sent, held = g[~g.held_out], g[g.held_out]
-        assert (lift.treated, lift.treated_churned, lift.holdout, lift.holdout_churned) == (
-            len(sent), sent.churned.sum(), len(held), held.churned.sum())
+    rows = _assert_lift(digest, matured)
     assert sum(r.treated_churned + r.holdout_churned for r in rows.values()) > 0
     assert all(r.small_sample for r in rows.values())
-    later = dg.build_digest(engine, WEEK_ENDING, outcome_horizon_days=365, charts=False)
+    later = build_digest(engine, WEEK_ENDING, outcome_horizon_days=365, charts=False)
     assert later.outreach.lift == [] and "no outcomes matured yet" in later.outreach.lift_reason
-    assert "no outcomes matured yet" in dg.render_html(later)
+    assert "no outcomes matured yet" in render_html(later)
+
+
+def test_lift_waits_for_the_label_lead(engine, book):
+    # With a lead time a label is known lead + horizon + grace days after its day: the digest must
+    # not count a task's outcome any earlier than the labels would (and must use the same label).
+    lead = 60
+    d = build_digest(engine, WEEK_ENDING, label_lead_days=lead, charts=False)
+    t = book.tasks
+    days = sorted({day for day in t.as_of_date.dt.date
+                   if is_matured(day, horizon_days=90, grace_days=30, observed_until=WEEK_ENDING, lead_days=lead)})
+    assert days and len(days) < len(HISTORIC_TASK_DATES)  # some, not all, of the historic tasks have matured
+    labels = labels_for_dates(engine, days, horizon_days=90, grace_days=30, observed_until=WEEK_ENDING, lead_days=lead)
+    decided = t[t.as_of_date.dt.date.isin(days)].merge(labels, on=["account_id", "as_of_date"])
+    _assert_lift(d, decided)
+    none_yet = build_digest(engine, WEEK_ENDING, label_lead_days=200, charts=False)
+    assert none_yet.outreach.lift == [] and "(lead + horizon + grace)" in none_yet.outreach.lift_reason
 
 
 def test_survey_pulse(digest, book):
@@ -353,7 +428,7 @@ def test_survey_pulse(digest, book):
 def test_model_health_without_monitoring_table(digest):
     assert digest.model.champion == "7"
     assert "no model_monitoring table" in digest.model.reason
-    assert "model monitoring has not run yet" in dg.render_text(digest)
+    assert "model monitoring has not run yet" in render_text(digest)
 
 
 def test_model_health_with_monitoring(tmp_path, book):
@@ -368,12 +443,12 @@ def test_model_health_with_monitoring(tmp_path, book):
         "detail": ["", "", "", "tickets_30d distribution shifted", "future row, ignored"],
     })
     engine = write_book(tmp_path / "wh.duckdb", book, monitoring=mon)
-    d = dg.build_digest(engine, WEEK_ENDING, charts=False)
+    d = build_digest(engine, WEEK_ENDING, charts=False)
     assert d.model.realized_auc == pytest.approx(0.78) and d.model.previous_auc == pytest.approx(0.81)
     assert d.model.psi_score == pytest.approx(0.08)
     assert [f.metric for f in d.model.drift] == ["psi:tickets_30d"]
     assert d.model.reason is None
-    assert "psi:tickets_30d" in dg.render_html(d) and "0.780" in dg.render_markdown(d)
+    assert "psi:tickets_30d" in render_html(d) and "0.780" in render_markdown(d)
 
 
 # -- empty sections -------------------------------------------------------------------------
@@ -381,16 +456,16 @@ def test_model_health_with_monitoring(tmp_path, book):
 
 def test_empty_sections_render_their_reason(tmp_path, book):
     engine = write_book(tmp_path / "thin.duckdb", book, only_last_date=True, outreach=False, surveys=False)
-    d = dg.build_digest(engine, WEEK_ENDING)
+    d = build_digest(engine, WEEK_ENDING)
     assert d.last_date is None and d.movers.movers_reason == "no scores a week earlier"
     reasons = ["no scores a week earlier", "no outreach has run yet", "no surveys are configured",
                "model monitoring has not run yet", "no trend to draw yet"]
-    for text in (dg.render_html(d), dg.render_text(d), dg.render_markdown(d)):
+    for text in (render_html(d), render_text(d), render_markdown(d)):
         for reason in reasons:
             assert reason in text, reason
-    nothing = dg.build_digest(engine, date(2020, 1, 5))
+    nothing = build_digest(engine, date(2020, 1, 5))
     assert nothing.reason and "no account scores" in nothing.reason
-    assert "no account scores" in dg.render_html(nothing) and "no account scores" in dg.render_text(nothing)
+    assert "no account scores" in render_html(nothing) and "no account scores" in render_text(nothing)
 
 
 # -- rendering and privacy ------------------------------------------------------------------
@@ -400,7 +475,7 @@ SECTION_IDS = ["summary", "headline", "trend", "top-accounts", "movers", "new-re
 
 
 def test_html_is_self_contained_and_has_every_section(digest):
-    page = dg.render_html(digest)
+    page = render_html(digest)
     assert '<meta name="color-scheme" content="light dark">' in page
     assert "prefers-color-scheme: dark" in page and "max-width: 640px" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
@@ -410,12 +485,12 @@ def test_html_is_self_contained_and_has_every_section(digest):
     srcs = re.findall(r'<img[^>]+src="([^"]+)"', page)
     assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert all(c.png and c.png.startswith(b"\x89PNG") for c in digest.charts)
-    cid_page = dg.render_html(digest, images="cid")
+    cid_page = render_html(digest, images="cid")
     assert sorted(re.findall(r'src="cid:([^"]+)"', cid_page)) == sorted(c.cid for c in digest.charts)
 
 
 def test_text_and_markdown_cover_the_sections(digest):
-    text, md = dg.render_text(digest), dg.render_markdown(digest)
+    text, md = render_text(digest), render_markdown(digest)
     for heading in ("HEADLINE", "TOP ACCOUNTS BY ARR AT RISK", "BIGGEST MOVERS", "NEW RED ACCOUNTS",
                     "WHAT DRIVES RISK", "OUTREACH", "SURVEY PULSE", "MODEL HEALTH"):
         assert heading in text and f"## {heading}".lower() in md.lower()
@@ -423,8 +498,8 @@ def test_text_and_markdown_cover_the_sections(digest):
 
 
 def test_privacy_defaults_hide_contacts_and_verbatims(digest, book):
-    page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", dg.render_html(digest))  # base64 can spell anything
-    outputs = [page, dg.render_text(digest), dg.render_markdown(digest), digest.subject]
+    page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", render_html(digest))  # base64 can spell anything
+    outputs = [page, render_text(digest), render_markdown(digest), digest.subject]
     for out in outputs:
         for mail in set(book.accounts.owner_email) | set(book.tasks.owner_email):
             assert mail not in out
@@ -435,7 +510,7 @@ def test_privacy_defaults_hide_contacts_and_verbatims(digest, book):
 
 
 def test_privacy_flags_show_contacts_and_verbatims(open_digest, book):
-    for out in (dg.render_html(open_digest), dg.render_text(open_digest), dg.render_markdown(open_digest)):
+    for out in (render_html(open_digest), render_text(open_digest), render_markdown(open_digest)):
         for row in open_digest.top_accounts.rows:
             assert book.accounts.set_index("account_id").owner_email[row.account_id] in out
         for comment in COMMENTS_THIS_WEEK:
@@ -447,7 +522,7 @@ def test_html_escapes_stored_text(digest):
     from dataclasses import replace
 
     row = replace(digest.top_accounts.rows[0], name="Acme & Co <script>alert(1)</script>", drivers=['Usage fell "a lot" <50%'])
-    page = dg.render_html(replace(digest, top_accounts=replace(digest.top_accounts, rows=[row])))
+    page = render_html(replace(digest, top_accounts=replace(digest.top_accounts, rows=[row])))
     assert "<script>alert(1)</script>" not in page and "Acme &amp; Co &lt;script&gt;" in page
     assert "&lt;50%" in page
 
@@ -463,13 +538,38 @@ def test_charts_are_phone_sized_pngs(digest):
 
 def test_stale_scores_compare_a_week_back(engine):
     later = WEEK_ENDING + timedelta(days=10)  # no scoring since THIS
-    d = dg.build_digest(engine, later, charts=False)
+    d = build_digest(engine, later, charts=False)
     assert d.this_date == THIS and d.last_date == LAST
     assert any("scoring may have stopped" in h for h in d.highlights)
 
 
+def test_sparkline_spans_the_accounts_own_range():
+    assert sparkline([70, 32]) == SPARK_CHARS[-1] + SPARK_CHARS[0]
+    flat = sparkline([80, 81, 80, 79])
+    assert len(set(flat)) <= 2 and SPARK_CHARS[0] not in flat and SPARK_CHARS[-1] not in flat  # noise stays a flat line
+    assert sparkline([]) == ""
+
+
+def test_rendered_sparklines_follow_each_trend(digest):
+    # A solid bar is the same glyph (or neighbouring ones) on every account whatever its trend.
+    page = render_html(digest)
+    sparks = re.findall(r'<span class="spark"[^>]*>([^<]*)</span>', page)
+    rows = digest.top_accounts.rows
+    assert len(sparks) == len(rows)
+    for spark, row in zip(sparks, rows):
+        levels = [SPARK_CHARS.index(c) for c in spark]
+        assert len(levels) == len(row.trend)
+        pairs = list(zip(row.trend, levels))
+        assert all((a - b) * (la - lb) >= 0 for a, la in pairs for b, lb in pairs), (row.trend, spark)  # never drawn upside down
+        if max(row.trend) - min(row.trend) >= SPARK_MIN_SPAN:  # a real slide fills the glyphs' height
+            assert min(levels) == 0 and max(levels) == len(SPARK_CHARS) - 1, (row.trend, spark)
+    assert sum(max(row.trend) - min(row.trend) >= SPARK_MIN_SPAN for row in rows) >= 3  # the fixture has slides
+    style = re.search(r"\.spark \{([^}]*)\}", page).group(1)
+    assert not re.search(r"letter-spacing:\s*-", style)  # glyphs pushed into each other read as one bar
+
+
 def test_write_digest(digest, tmp_path):
-    path = dg.write_digest(digest, tmp_path / "digests")
+    path = write_digest(digest, tmp_path / "digests")
     assert path.name == f"digest-{WEEK_ENDING}.html" and path.read_text().startswith("<!DOCTYPE html>")
     assert path.with_suffix(".txt").read_text().startswith(digest.title)
 
@@ -496,10 +596,10 @@ def test_send_digest_over_smtp(digest, caplog):
     controller = Controller(Handler(), hostname="127.0.0.1", port=_free_port())
     controller.start()
     try:
-        config = dg.SmtpConfig(host="127.0.0.1", port=controller.port, security="none", sender="digest@churnflow.test",
+        config = SmtpConfig(host="127.0.0.1", port=controller.port, security="none", sender="digest@churnflow.test",
                                recipients=("ceo@churnflow.test", "cro@churnflow.test"), password="hunter2-secret")
-        caplog.set_level("DEBUG", logger="digest.build")
-        dg.send_digest(digest, config)
+        caplog.set_level("DEBUG", logger="digest.publish")
+        send_digest(digest, config)
     finally:
         controller.stop()
     assert len(received) == 1
@@ -577,13 +677,13 @@ def test_send_digest_over_tls_with_login(digest, tmp_path, security, caplog):
                             auth_require_tls=security == "starttls", **tls)
     controller.start()
     try:
-        config = dg.SmtpConfig(host="127.0.0.1", port=controller.port, security=security, username="digest-bot",
+        config = SmtpConfig(host="127.0.0.1", port=controller.port, security=security, username="digest-bot",
                                password="s3cret-pw", sender="digest@churnflow.test",
                                recipients=("board@churnflow.test",), ca_file=cert)
         caplog.set_level("DEBUG")
-        dg.send_digest(digest, config)
+        send_digest(digest, config)
         with pytest.raises(ssl.SSLCertVerificationError):  # an unknown CA is refused, never ignored
-            dg.send_digest(digest, dg.SmtpConfig(**{**config.__dict__, "ca_file": None}))
+            send_digest(digest, SmtpConfig(**{**config.__dict__, "ca_file": None}))
     finally:
         controller.stop()
     assert logins and logins[0] == (b"digest-bot", b"s3cret-pw")
@@ -594,10 +694,10 @@ def test_send_digest_over_tls_with_login(digest, tmp_path, security, caplog):
 
 def test_smtp_config_validation():
     with pytest.raises(ValueError, match="security"):
-        dg.SmtpConfig(host="h", security="tls")  # type: ignore[arg-type]
+        SmtpConfig(host="h", security="tls")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="recipients"):
-        dg.SmtpConfig(host="h")
-    assert dg.SmtpConfig(host="h", recipients="a@b.c").recipients == ("a@b.c",)  # type: ignore[arg-type]
+        SmtpConfig(host="h")
+    assert SmtpConfig(host="h", recipients="a@b.c").recipients == ("a@b.c",)  # type: ignore[arg-type]
 
 
 # -- rendered check in a real browser ---------------------------------------------------------
@@ -631,7 +731,7 @@ def test_renders_at_phone_width_in_chromium(digest, open_digest, tmp_path, varia
     # "open" shows owner emails and verbatims (long unbreakable strings) and has no charts.
     d = digest if variant == "private" else open_digest
     page = tmp_path / "host.html"
-    page.write_text(HOST.format(srcdoc=html.escape(dg.render_html(d), quote=True)), encoding="utf-8")
+    page.write_text(HOST.format(srcdoc=html.escape(render_html(d), quote=True)), encoding="utf-8")
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=375,2000",
             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90)
