@@ -55,7 +55,7 @@ class Difference:
 
 def intended_tasks(engine: sa.Engine) -> pd.DataFrame:
     """Every task churnflow decided to send (held-out ones excluded)."""
-    from outreach.playbooks import existing_tasks
+    from outreach.task_table import existing_tasks
 
     if not table_exists(engine, "outreach_tasks"):
         return pd.DataFrame(columns=["task_key"])
@@ -192,7 +192,7 @@ def repair_duplicates_with(engine: sa.Engine, sf: Salesforce, tasks: pd.DataFram
     whatever a person wrote on the extra; each closed record is recorded in the ledger
     (kind ``task_repairs``) and outreach_tasks points at the kept record.
     """
-    from outreach.playbooks import record_task_ids
+    from outreach.task_table import record_task_ids
 
     policy = retry or DEFAULT_RETRY
     summary = RepairSummary()

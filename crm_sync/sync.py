@@ -120,7 +120,7 @@ def load_account_health(engine: sa.Engine, as_of: date) -> pd.DataFrame:
 
 
 def load_pending_tasks(engine: sa.Engine) -> pd.DataFrame:
-    from outreach.playbooks import pending_tasks
+    from outreach.task_table import pending_tasks
 
     if not table_exists(engine, "outreach_tasks"):
         return pd.DataFrame(columns=["task_key"])
@@ -170,7 +170,7 @@ def push_health_and_tasks(engine: sa.Engine, sf: Salesforce, settings: Any, heal
                           summary: Any, *, ledger: Ledger | None, retry: RetryPolicy | None, bulk_threshold: int,
                           poll_interval: float) -> None:
     """Push account health rows and tasks, store the Task Ids returned: shared by sync and retry."""
-    from outreach.playbooks import record_task_ids
+    from outreach.task_table import record_task_ids
 
     # One resolver per run: accounts matched by an external id are looked up once, for both pushes.
     resolver = AccountResolver(sf, settings.sf_account_match_field, retry or DEFAULT_RETRY)
@@ -245,7 +245,7 @@ def refresh_task_status(engine: sa.Engine, sf: Salesforce, policy: RetryPolicy =
     CS teams complete tasks in Salesforce; cooldowns, the open-task cap and the digest's
     completion and lift figures must use those real outcomes. Returns how many changed.
     """
-    from outreach.playbooks import TASKS_TABLE
+    from outreach.task_table import TASKS_TABLE
     from churnflow.vocabulary import CLOSED_TASK_STATUSES
 
     if not table_exists(engine, TASKS_TABLE):
