@@ -59,7 +59,7 @@ from ingest.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
 from churnflow.manifest import AttributeSpec, DataManifest
 from churnflow.schema import ACCOUNT_ATTRIBUTES, CANONICAL, INGEST_MANIFEST, SA_TYPES, Column, TableSpec, coerce
 from churnflow.warehouse import drop_tables, ensure_table, read_sql, replace_rows, table_exists
-from features.rollups import replace_usage_by_day, replace_usage_by_day_from
+from ingest.usage_days import add_day_hash_parts, day_hash_parts, replace_usage_by_day, replace_usage_by_day_from
 
 log = logging.getLogger(__name__)
 
@@ -1513,8 +1513,6 @@ def _stream_table(
     """Map, coerce and check a usage file source chunk by chunk, exactly as
     :func:`prepare_table` does for a whole table, and (``write``) append the good rows to a
     load table the final transaction copies from. The day hashes add up across chunks."""
-    from features.rollups import add_day_hash_parts, day_hash_parts
-
     label = ", ".join(p.name for p in paths)
     streamed = StreamedTable(name, RawSource(pd.DataFrame(), label, "file", paths), columns=[])
     parts: list[pd.DataFrame] = []
