@@ -18,8 +18,9 @@ A run, for :func:`ingest` and :func:`validate` alike:
 3. each canonical table (accounts first) is read, filtered by ``keep_rows``, mapped, recoded,
    coerced to the canonical kinds (values that do not parse are rejected, not guessed; a date
    column whose day/month order is ambiguous is refused) and checked against its contract
-   (:mod:`ingest.contracts`) and by checks other stages registered
-   (:func:`register_table_check`); unmapped source columns that look like canonical ones
+   (:mod:`ingest.contracts`), then by the whole-table checks (the ingest's own, e.g.
+   subscriptions that reveal churn, and any a deployment registered with
+   :func:`register_table_check`); unmapped source columns that look like canonical ones
    are reported as warnings;
 4. if any table's bad share exceeds ``max_bad_share`` the run fails (:class:`ContractError`)
    and *no* canonical table is loaded; otherwise, in ONE transaction, each mapped table's
@@ -40,7 +41,6 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from churnflow.errors import ChurnflowError
 from ingest import contracts
-from ingest.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE
+from ingest.contracts import CONTRACTS, DEFAULT_MAX_BAD_SHARE, QUARANTINE_TABLE, TableCheck
 from churnflow.manifest import AttributeSpec, DataManifest
 from churnflow.schema import ACCOUNT_ATTRIBUTES, CANONICAL, INGEST_MANIFEST, SA_TYPES, Column, TableSpec, coerce
 from churnflow.warehouse import drop_tables, ensure_table, read_sql, replace_rows, table_exists
@@ -1283,7 +1283,7 @@ class IngestReport:
     """What a run read, loaded and quarantined, per table. ``quarantine`` holds the reject records.
 
     ``warnings``: things the user should look at that did not stop the run (a source column
-    that looks like an unmapped canonical one, checks registered by other stages);
+    that looks like an unmapped canonical one, whole-table checks);
     ``notes``: what the run decided from the data (a date order the values proved, a table
     dropped because it was declared absent).
     """
@@ -1346,22 +1346,19 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# ============================================================================ checks other stages register
+# ============================================================================ whole-table checks a deployment adds
 
-TableCheck = Callable[[pd.DataFrame], list[str]]
 _TABLE_CHECKS: dict[str, list[TableCheck]] = {}
-
-TABLE_CHECK_MODULES: tuple[str, ...] = ("features.labels",)
-"""Modules imported before a run so the checks they register at import time are in place
-(``validate`` from the CLI imports nothing else of theirs). Add yours here."""
 
 
 def register_table_check(table_name: str, fn: TableCheck) -> None:
-    """Have ``fn`` look at every ingest/validate of ``table_name``: it receives the coerced
-    good rows (canonical columns) and returns warnings, which the report and the CLI show.
+    """Have ``fn`` look at every ingest/validate of ``table_name`` in this process, after the
+    ingest's own checks (:data:`ingest.contracts.TABLE_CHECKS`): it receives the coerced good
+    rows (canonical columns) and returns warnings, which the report and the CLI show.
 
-    For problems the data contract cannot express row by row (e.g. subscriptions that
-    reveal churn before it happens). Registering the same function again replaces it.
+    For checks a deployment adds for its own data; a check every ingest needs belongs in
+    ``ingest.contracts.TABLE_CHECKS``, which runs whatever else is imported. Registering the
+    same function again replaces it.
     """
     if table_name not in CANONICAL:
         raise KeyError(f"register_table_check: '{table_name}' is not a canonical table; expected one of {list(CANONICAL)}")
@@ -1370,16 +1367,13 @@ def register_table_check(table_name: str, fn: TableCheck) -> None:
     _TABLE_CHECKS[table_name] = [*checks, fn]
 
 
-def _import_check_modules() -> None:
-    import importlib
-
-    for module in TABLE_CHECK_MODULES:
-        importlib.import_module(module)
+def _table_checks(name: str) -> list[TableCheck]:
+    return [*contracts.TABLE_CHECKS.get(name, ()), *_TABLE_CHECKS.get(name, [])]
 
 
 def _run_table_checks(name: str, good: pd.DataFrame) -> list[str]:
     out: list[str] = []
-    for fn in _TABLE_CHECKS.get(name, []):
+    for fn in _table_checks(name):
         label = getattr(fn, "__qualname__", repr(fn))
         try:
             found = fn(good.copy())
@@ -1565,7 +1559,6 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
          crm_id_field: str = "Id") -> IngestReport:
     mapping = load_mapping(mapping_src)
     model = mapping.model
-    _import_check_modules()
     run_date = run_date or date.today()
     now = datetime.now().replace(microsecond=0)
     run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -1652,7 +1645,7 @@ def _run(engine: sa.Engine, mapping_src: Any, run_date: date | None, max_bad_sha
             known = pd.Index(prep.frame.loc[prep.good, "account_id"].astype(str))
         if prep.skipped:
             notes.append(f"tables.{name}: {prep.skipped} row(s) skipped by keep_rows ({', '.join(src.keep_rows)})")
-        if _TABLE_CHECKS.get(name):
+        if _table_checks(name):
             warnings += _run_table_checks(name, coerce(prep.frame.loc[prep.good], CANONICAL[name]))
         if name == "usage" and model.usage_event_types is not None:
             seen = set(prep.frame.loc[prep.good, "feature"].dropna().astype(str))
@@ -1723,10 +1716,10 @@ def _write_load(engine: sa.Engine, report: IngestReport, prepared: list, quarant
             if isinstance(p, StreamedTable):  # copied in SQL from the load table, only the changed days
                 if t.rows_good:
                     replace_usage_by_day_from(conn, p.load_table, p.day_parts)
-                else:  # an accepted empty extract (allow_empty)
-                    replace_rows(conn, p.table, coerce(pd.DataFrame(columns=CANONICAL[p.table].column_names), CANONICAL[p.table]), replace_all=True)
+                else:  # an accepted empty extract (allow_empty): every day is gone
+                    replace_usage_by_day(conn, coerce(pd.DataFrame(columns=CANONICAL[p.table].column_names), CANONICAL[p.table]))
                 t.rows_loaded = t.rows_good
-            elif p.table == "usage" and len(good):  # only the days that changed since the last load are rewritten
+            elif p.table == "usage":  # only the days that changed since the last load are rewritten
                 replace_usage_by_day(conn, good)
                 t.rows_loaded = len(good)
             else:
