@@ -34,7 +34,7 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from churnflow.schema import CANONICAL, TableSpec
+from churnflow.schema import CANONICAL, QUARANTINE, TableSpec
 
 # ---------------------------------------------------------------------------- declarations
 
@@ -269,8 +269,8 @@ def check(
 
 # ---------------------------------------------------------------------------- quarantine
 
-QUARANTINE_TABLE = "quarantine"
-QUARANTINE_COLUMNS = ["table_name", "source", "source_row", "source_key", "field", "value", "reason", "run_id", "quarantined_at"]
+QUARANTINE_TABLE = QUARANTINE.name
+QUARANTINE_COLUMNS = QUARANTINE.column_names
 """Quarantine records: one per (rejected row, broken rule).
 
 ``source`` is the file name, ``query`` or the source table; ``source_row`` is the 1-based
