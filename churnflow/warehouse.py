@@ -373,6 +373,16 @@ def take_changes(conn: sa.Connection, reader: str, name: str) -> TableChanges:
     return TableChanges(any(r.day is None for r in rows), tuple(days))
 
 
+def has_changes(bind: sa.Engine | sa.Connection, reader: str, name: str) -> bool:
+    """Whether ``reader`` has journal entries for ``name`` it has not taken yet (its derived
+    state is behind the table), without taking them."""
+    if not table_exists(bind, TABLE_CHANGES.name):
+        return False
+    stmt = sa.select(sa.func.count()).select_from(_JOURNAL).where(_JOURNAL.c.reader == reader, _JOURNAL.c.table_name == name)
+    with transaction(bind) as conn:
+        return bool(conn.execute(stmt).scalar())
+
+
 def _as_date(value: object) -> date:
     if isinstance(value, datetime):
         return value.date()

@@ -27,7 +27,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from churnflow import schema
-from churnflow.warehouse import content_hash_sql, ensure_table, insert_frame, read_sql, table_exists, take_changes
+from churnflow.warehouse import content_hash_sql, ensure_table, has_changes, insert_frame, read_sql, table_exists, take_changes
 from features.text import TOPICS, sentiment, topic_flags
 from ingest.usage_days import day_ranges
 
@@ -69,6 +69,11 @@ def catch_up_usage_writes(conn: sa.Connection) -> None:
         return
     if changes.days:
         _mark_dirty(conn, list(changes.days))
+
+
+def usage_writes_pending(engine: sa.Engine | sa.Connection) -> bool:
+    """Whether usage was written since the last refresh (the rollups are behind it)."""
+    return has_changes(engine, READER, schema.USAGE.name)
 
 
 def _mark_dirty(conn: sa.Connection, days: list[date]) -> None:

@@ -13,7 +13,7 @@ from churnflow import schema
 from churnflow.demo_data import generate_book, write_book
 from churnflow.warehouse import append_rows, read_sql, replace_rows
 from features.build import build_features
-from features.rollups import refresh_survey_text, refresh_usage_rollups
+from features.rollups import refresh_survey_text, refresh_usage_rollups, usage_writes_pending
 from features.text import sentiment
 
 
@@ -186,7 +186,9 @@ def test_every_writer_of_usage_reaches_the_rollups(duck_engine: sa.Engine, tmp_p
     refresh_usage_rollups(duck_engine)
 
     def roll_and_compare(what: str) -> None:
+        assert usage_writes_pending(duck_engine), what  # feature fingerprints refuse to vouch until the refresh
         report = refresh_usage_rollups(duck_engine, recheck_days=1)
+        assert not usage_writes_pending(duck_engine), what
         incremental = _rollup(duck_engine)
         refresh_usage_rollups(duck_engine, rebuild=True)
         pd.testing.assert_frame_equal(incremental, _rollup(duck_engine), check_dtype=False, rtol=1e-9, obj=what)
