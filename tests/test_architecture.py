@@ -46,11 +46,17 @@ def layer(module: str) -> int | None:
     return None
 
 
-def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
-    """Every module ``source`` imports (absolute names), top-level and inside functions."""
+def imported_modules(source: str, module: str, is_package: bool = False, *, runtime_only: bool = False) -> set[str]:
+    """Every module ``source`` imports (absolute names), top-level and inside functions;
+    ``runtime_only``: without the imports under ``if TYPE_CHECKING:`` (never executed)."""
     package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                   for stmt in node.body for inner in ast.walk(stmt)}
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
+        if runtime_only and id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -62,6 +68,10 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names if alias.name != "*"}  # `from pkg import module`
     return {name for name in found if name}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def violations(sources: Mapping[str, str], packages: Iterable[str] = ()) -> list[str]:
@@ -78,7 +88,9 @@ def violations(sources: Mapping[str, str], packages: Iterable[str] = ()) -> list
         imports = {name for name in imported_modules(source, module, module in pkgs) if layer(name) is not None}
         targets = {_resolve(name, known_modules) for name in imports}
         targets.discard(module)
-        graph[module] = {t for t in targets if layer(t) == here and t in known_modules}
+        # a cycle needs imports that run: type-only imports (under TYPE_CHECKING) do not count
+        at_runtime = {_resolve(name, known_modules) for name in imported_modules(source, module, module in pkgs, runtime_only=True)}
+        graph[module] = {t for t in targets & at_runtime if layer(t) == here and t in known_modules and t != module}
         if module in ENTRY_MODULES:
             continue
         for target in sorted(targets):
@@ -183,6 +195,8 @@ def test_a_violating_source_is_caught(sources: dict[str, str], expected: str) ->
     {"churnflow.cli": "from digest.build import build\nimport flows.pipeline\n"},
     {"flows.tasks": "from models import train\nfrom digest.build import build\n"},
     {"crm_sync.ops": "from crm_sync.push import push\n", "crm_sync.push": "import pandas\n"},
+    {"outreach.decisions": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from outreach.playbooks import Book\n",
+     "outreach.playbooks": "from outreach.decisions import decide\n"},  # a type-only import makes no cycle
 ])
 def test_allowed_directions_pass(sources: dict[str, str]) -> None:
     assert violations(sources) == []
