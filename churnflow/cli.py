@@ -80,7 +80,8 @@ def demo_data_cmd(
 
 
 def _run_ingest(mapping: Path, run_date: datetime | None, max_bad_share: float | None, *, load: bool) -> None:
-    from ingest.load import IngestError, ingest, validate
+    from ingest.load import ingest, validate
+    from ingest.mapping import IngestError
 
     settings = _settings()
     action = ingest if load else validate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from churnflow import history
-from ingest.load import mapping_markdown
+from ingest.mapping import mapping_markdown
 from churnflow.schema import data_model_markdown
 from features import build, labels
 from features.catalogue import features_markdown

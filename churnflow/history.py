@@ -8,7 +8,8 @@ a history table ``<table>_history`` holding every version it loaded, with ``vali
 ``valid_to`` and ``first_version``.
 
 **Recording.** Every write of a state table through churnflow (an ingest, a demo book, any
-:func:`churnflow.warehouse.replace_rows`) compares the table, as just written, with the
+:func:`churnflow.warehouse.replace_rows`: the warehouse's :func:`~churnflow.warehouse.record_write`
+calls :func:`record_versions` for every table with a declared history) compares the table, as just written, with the
 current versions, inside the write's transaction: a new key gets a first version, a key
 whose content changed has its current version closed (``valid_to`` = load time) and a new
 one opened, a key that disappeared is closed, an unchanged key is left alone. The load
@@ -43,7 +44,6 @@ import sqlalchemy as sa
 
 from churnflow.errors import ChurnflowError
 from churnflow.schema import DECLARED, HISTORY, TableSpec
-from churnflow.warehouse import drop_tables, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,11 @@ def _key_match(spec: TableSpec, left: str, right: str) -> str:
 def _same_row(spec: TableSpec, left: str, right: str) -> str:
     values = [f'NOT ({left}."{c}" IS DISTINCT FROM {right}."{c}")' for c in spec.column_names if c not in spec.key]
     return " AND ".join([_key_match(spec, left, right), *values])
+
+
+def _has_table(bind: sa.Engine | sa.Connection, name: str) -> bool:
+    """``warehouse.table_exists``; this module sits below the warehouse (which calls it on every write)."""
+    return sa.inspect(bind).has_table(name)
 
 
 def _scalar(conn: sa.Connection, sql: str, params: dict | None = None) -> object:
@@ -195,7 +200,7 @@ def sync_history(engine: sa.Engine) -> list[VersionReport]:
     rewrote a table directly: that write then corrects the latest load)."""
     reports = []
     for table in VERSIONED:
-        if table_exists(engine, table):
+        if _has_table(engine, table):
             with engine.begin() as conn:
                 reports.append(record_versions(conn, table))
     return reports
@@ -203,7 +208,9 @@ def sync_history(engine: sa.Engine) -> list[VersionReport]:
 
 def reset_history(engine: sa.Engine, tables: list[str]) -> None:
     """Forget the history of ``tables`` (a demo book is a new world, not a later extract)."""
-    drop_tables(engine, [VERSIONED[t] for t in tables if t in VERSIONED])
+    with engine.begin() as conn:
+        for name in [VERSIONED[t] for t in tables if t in VERSIONED]:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))  # churnflow's own table names, never input
 
 
 def state_at_sql(bind: sa.Engine | sa.Connection, table: str) -> str:
@@ -217,7 +224,7 @@ def state_at_sql(bind: sa.Engine | sa.Connection, table: str) -> str:
     if table not in VERSIONED:
         return f'"{table}"'
     columns = ", ".join(f'"{c}"' for c in DECLARED[table].column_names)
-    if table_exists(bind, VERSIONED[table]):
+    if _has_table(bind, VERSIONED[table]):
         return (f'(SELECT {columns}, valid_from AS known_since FROM "{VERSIONED[table]}" '
                 f"WHERE (first_version OR valid_from <= :as_of) AND (valid_to IS NULL OR valid_to > :as_of))")
     return f'(SELECT {columns}, CAST(NULL AS TIMESTAMP) AS known_since FROM "{table}")'

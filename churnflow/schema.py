@@ -1,6 +1,7 @@
-"""The canonical data model: the input contract every stage reads.
+"""The canonical data model: the input contract every stage reads, and every other table.
 
-Each table and column is declared once here. The same declaration creates the warehouse
+Each table and column is declared once here, with its key (a test fails on a table created
+anywhere else). The same declaration creates the warehouse
 tables (SQLAlchemy Core), coerces incoming frames, and generates ``docs/data-model.md``.
 """
 
@@ -43,6 +44,13 @@ class TableSpec:
     key: tuple[str, ...] = field(default=())
     # Created on PostgreSQL only: DuckDB prunes range scans with its zone maps instead.
     indexes: tuple[tuple[str, ...], ...] = field(default=())
+    # Derived state kept elsewhere that must learn which days each write touched: one reader
+    # name per consumer; the writes are journaled in ``table_changes`` (churnflow.warehouse).
+    journal_readers: tuple[str, ...] = field(default=())
+    journal_day: str | None = None  # the column whose day a journaled write is recorded by
+    # Columns beyond ``columns`` that the writing stage decides at run time (e.g. one per
+    # catalogue feature); None: the table has exactly the declared columns.
+    extra_columns: str | None = None
 
     @property
     def key_is_primary(self) -> bool:
@@ -54,20 +62,25 @@ class TableSpec:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    def sa_table(self, metadata: sa.MetaData) -> sa.Table:
+    def sa_table(self, metadata: sa.MetaData, *, name: str | None = None, extra: tuple[sa.Column, ...] = ()) -> sa.Table:
         """The table with its key enforced by the database, so it refuses a second copy: a primary
-        key, or a unique constraint when a key column may be empty (empty values never collide)."""
+        key, or a unique constraint when a key column may be empty (empty values never collide).
+
+        ``name`` creates the same table under another name (a ledger kept beside the default
+        one); ``extra`` adds the run-time columns of a table declared with ``extra_columns``."""
+        table_name = name or self.name
         optional = {c.name for c in self.columns if not c.required}
         if not self.key:
             key: tuple[sa.Constraint, ...] = ()
         elif self.key_is_primary:
-            key = (sa.PrimaryKeyConstraint(*self.key, name=f"pk_{self.name}"),)
+            key = (sa.PrimaryKeyConstraint(*self.key, name=f"pk_{table_name}"),)
         else:
-            key = (sa.UniqueConstraint(*self.key, name=f"uq_{self.name}"),)
+            key = (sa.UniqueConstraint(*self.key, name=f"uq_{table_name}"),)
         return sa.Table(
-            self.name,
+            table_name,
             metadata,
             *[sa.Column(c.name, SA_TYPES[c.kind], nullable=c.name in optional) for c in self.columns],
+            *extra,
             *key,
         )
 
@@ -129,6 +142,9 @@ USAGE = TableSpec(
         Column("user_id", "str", "The acting user (for active-user counts).", required=False),
     ),
     indexes=(("occurred_at",),),
+    # the usage rollups (features.rollups) and the ingest's per-day hashes (ingest.usage_days)
+    journal_readers=("usage_rollups", "usage_ingest_days"),
+    journal_day="occurred_at",
 )
 
 TICKETS = TableSpec(
@@ -383,6 +399,104 @@ INGEST_MANIFEST = TableSpec(
     key=("run_id",),
 )
 
+# -- written by the stages for themselves (monitoring, CRM sync, quarantine) and by the core
+
+ACCOUNT_FEATURES = TableSpec(
+    "account_features",
+    "Point-in-time features per account and as-of date (features.build), read by training and scoring. "
+    "Re-building a day replaces that day.",
+    (
+        Column("as_of_date", "timestamp", "The as-of date (midnight): features use only data before it."),
+        Column("account_id", "str", "The account."),
+    ),
+    key=("as_of_date", "account_id"),
+    extra_columns="One column per feature of the book's catalogue (docs/features.md): a number, or text for a category. "
+                  "The set follows the book (absent sources, attributes, event types): columns are added as features appear.",
+)
+
+MODEL_MONITORING = TableSpec(
+    "model_monitoring",
+    "Drift and realized-performance checks of a model version (models.monitor), read by the digest. "
+    "Re-checking a day replaces that day's rows for the version.",
+    (
+        Column("checked_at", "timestamp", "When the check ran."),
+        Column("as_of_date", "timestamp", "The day checked (midnight)."),
+        Column("model_version", "str", "Registered model version checked."),
+        Column("metric", "str", "psi:<feature>, psi_score, realized_auc or realized_ece."),
+        Column("value", "float", "The metric's value.", required=False),
+        Column("breached", "bool", "True when the value crossed its threshold."),
+        Column("detail", "str", "The threshold and what was compared, in words.", required=False),
+    ),
+    key=("as_of_date", "model_version", "metric"),
+)
+
+CRM_SYNC_LEDGER = TableSpec(
+    "crm_sync_ledger",
+    "What churnflow intended and sent to the CRM per record (crm_sync.ledger): re-sends only what changed, "
+    "retries what failed, and never creates a Task twice.",
+    (
+        Column("kind", "str", "account (health fields) or task."),
+        Column("record_key", "str", "churnflow's key of the record: the account, or the task key."),
+        Column("status", "str", "intended, sent, failed or in_doubt (a Task create whose outcome is unknown)."),
+        Column("intended_hash", "str", "Hash of the values last intended.", required=False),
+        Column("sent_hash", "str", "Hash of the values the CRM last accepted.", required=False),
+        Column("crm_id", "str", "The CRM record Id once known.", required=False),
+        Column("error", "str", "The CRM's error for a failed write.", required=False),
+        Column("run_id", "str", "The sync run that last touched the record.", required=False),
+        Column("updated_at", "timestamp", "When the entry last changed.", required=False),
+        Column("intended_state", "str", "JSON of the values last intended.", required=False),
+        Column("sent_state", "str", "JSON of the values the CRM last accepted.", required=False),
+        Column("intended_as_of", "date", "The scoring day of the intended values.", required=False),
+        Column("sent_as_of", "date", "The scoring day of the sent values.", required=False),
+        Column("seen_as_of", "date", "The last scoring day that still wanted the record.", required=False),
+    ),
+    key=("kind", "record_key"),
+)
+
+CRM_ACCOUNTS = TableSpec(
+    "crm_accounts",
+    "Owners and renewal dates read back from the CRM (churnflow crm-pull); replaced on every pull.",
+    (
+        Column("crm_account_id", "str", "The Account's value of the match field (Id or external id)."),
+        Column("owner_email", "str", "Email of the Account owner in the CRM.", required=False),
+        Column("renewal_date", "timestamp", "The renewal date field, when configured (midnight).", required=False),
+        Column("pulled_at", "timestamp", "When the pull ran."),
+    ),
+    key=("crm_account_id",),
+)
+
+QUARANTINE = TableSpec(
+    "quarantine",
+    "Rows the last ingest rejected, one record per (rejected row, broken rule), replaced per canonical table on every "
+    "ingest (ingest.contracts). No key: a log of rejects, where one source row may break one rule in several chunks.",
+    (
+        Column("table_name", "str", "The canonical table the row was for."),
+        Column("source", "str", "File name, `query`, or the source table.", required=False),
+        Column("source_row", "int", "1-based data row of the file (the first row after the header is 1) or of the result.", required=False),
+        Column("source_key", "str", "The row's key value(s), when the table has a key.", required=False),
+        Column("field", "str", "The canonical column that broke the rule.", required=False),
+        Column("value", "str", "The offending value, as read.", required=False),
+        Column("reason", "str", "The rule broken, in words."),
+        Column("run_id", "str", "The ingest run."),
+        Column("quarantined_at", "timestamp", "When the row was rejected."),
+    ),
+)
+
+TABLE_CHANGES = TableSpec(
+    "table_changes",
+    "The write journal (churnflow.warehouse): which days of a journaled table each write touched, per reader of "
+    "derived state, until that reader catches up. An empty day means the whole table was replaced.",
+    (
+        Column("reader", "str", "Who catches up from the entry (declared with the table: `journal_readers`)."),
+        Column("table_name", "str", "The table written."),
+        Column("day", "date", "A day whose rows changed; empty: the whole table was replaced.", required=False),
+    ),
+    key=("reader", "table_name", "day"),
+)
+
+STAGE_TABLES: dict[str, TableSpec] = {t.name: t for t in (ACCOUNT_FEATURES, MODEL_MONITORING, CRM_SYNC_LEDGER, CRM_ACCOUNTS, QUARANTINE,
+                                                          TABLE_CHANGES)}
+
 DERIVED: dict[str, TableSpec] = {
     t.name: t for t in (USAGE_DAILY, USAGE_ACCOUNT_DAILY, USAGE_ROLLUP_DAYS, USAGE_INGEST_DAYS, SURVEY_TEXT, FEATURE_BUILDS, SCORE_BUILDS,
                         ACCOUNT_ATTRIBUTES, INGEST_MANIFEST)
@@ -390,7 +504,7 @@ DERIVED: dict[str, TableSpec] = {
 
 CANONICAL: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, SUBSCRIPTIONS, USAGE, TICKETS, SURVEYS, CHURN_EVENTS)}
 ALL_INPUTS: dict[str, TableSpec] = {**CANONICAL, TRUTH.name: TRUTH}
-DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS, **DERIVED}
+DECLARED: dict[str, TableSpec] = {**ALL_INPUTS, **OUTPUTS, **DERIVED, **STAGE_TABLES}
 
 # -- history of the state tables (churnflow.history) ------------------------------------
 # Sources that overwrite rows (a ticket reopened, a term extended, a segment changed) keep
@@ -509,7 +623,9 @@ def data_model_markdown() -> str:
         "",
         "Generated from `churnflow/schema.py` by `churnflow docs`; do not edit by hand.",
         "",
-        "Every stage reads these tables from the warehouse. Timestamps are naive UTC.",
+        "Every table churnflow keeps in the warehouse is declared here once, with its key: the canonical inputs every "
+        "stage reads, the outputs, and the tables the stages keep for themselves. Timestamps are naive UTC. "
+        "Which stage writes and reads which table: docs/architecture.md.",
         "",
     ]
     for spec in DECLARED.values():
@@ -520,5 +636,10 @@ def data_model_markdown() -> str:
         for c in spec.columns:
             req = "yes" if c.required else f"no (default {c.default})" if c.default is not None else "no"
             lines.append(f"| `{c.name}` | {c.kind} | {req} | {c.description} |")
+        if spec.extra_columns:
+            lines.append(f"| *(more)* | | | {spec.extra_columns} |")
         lines.append("")
+        if spec.journal_readers:
+            lines += [f"Writes are journaled by `{spec.journal_day}` day for: {', '.join(f'`{r}`' for r in spec.journal_readers)} "
+                      "(see `table_changes`).", ""]
     return "\n".join(lines)

@@ -3,6 +3,27 @@
 The embedded default is a DuckDB file; PostgreSQL is the other supported backend. Stages
 read with SQL and write DataFrames through :func:`replace_rows`, which makes every write
 idempotent for its partition (re-running a day replaces that day's rows).
+
+**Reactions to writes, without the core knowing the stages.** Some state must follow every
+write of a table: the versions of a state table (``churnflow.history``), the usage rollups
+(``features.rollups``) and the ingest's per-day hashes of usage. Every write (``replace_rows``,
+``insert_frame``, or a writer's own SQL followed by :func:`record_write`) ends in
+:func:`record_write`, inside the write's transaction, which reacts from the table's
+declaration in :mod:`churnflow.schema` alone, never from its name:
+
+* a table with a history declared (``schema.HISTORY``) has its versions recorded at once,
+  by the core's own ``churnflow.history`` (same transaction: the table and its history never
+  disagree, and the extract's ``loaded_at`` is known only now);
+* a table declared with ``journal_readers`` gets, per reader, the days the write touched (or
+  "the whole table") in the write journal ``table_changes``; each reader catches up with
+  :func:`take_changes` when it next runs (the rollups before rolling, the ingest before
+  comparing its day hashes).
+
+Why a journal and not a registry of stage callbacks: a process that writes ``usage`` (an
+ingest, a demo book, a test) need not import ``features``, and an earlier stage must not
+import a later one; a callback registered at import time would then be silently missing.
+The journal is data, written by the core whoever writes: no registration to forget, and the
+stage learns every write when it next runs.
 """
 
 from __future__ import annotations
@@ -12,6 +33,7 @@ import logging
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
@@ -20,8 +42,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow import history
 from churnflow.errors import ChurnflowError
-from churnflow.schema import DECLARED
+from churnflow.schema import DECLARED, HISTORY, TABLE_CHANGES, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +207,10 @@ def ensure_table(engine: sa.Engine | sa.Connection, name: str, frame: pd.DataFra
     since (see :func:`_upgrade_declared`) and its key, if an older churnflow created it without."""
     metadata = sa.MetaData()
     if name in DECLARED:
-        table = DECLARED[name].sa_table(metadata)
+        spec = DECLARED[name]
+        extra = tuple(sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns
+                      if spec.extra_columns and c not in spec.column_names)
+        table = spec.sa_table(metadata, extra=extra)
     else:
         table = sa.Table(name, metadata, *[sa.Column(str(c), _sa_type(frame[c]), quote=True) for c in frame.columns])
     existed = table_exists(engine, name)
@@ -275,16 +301,92 @@ def replace_rows(
             conn.execute(table.delete().where(sa.and_(*[table.c[k] == v for k, v in where.items()])))
         if len(frame):
             _insert_frame(conn, table, frame)
-        if name == "usage":  # the usage rollups must learn which days changed (features.rollups)
-            from features.rollups import record_usage_write
-
-            record_usage_write(conn, frame, whole_table=replace_all or bool(where))
-        from churnflow.history import VERSIONED, record_versions
-
-        if name in VERSIONED:  # features as of D read the version known at D
-            record_versions(conn, name, loaded_at=loaded_at)
+        record_write(conn, name, frame, whole_table=replace_all or bool(where), loaded_at=loaded_at)
     log.debug("wrote %d rows to %s", len(frame), name)
     return len(frame)
+
+
+def record_write(conn: sa.Connection, name: str, frame: pd.DataFrame | None = None, *, whole_table: bool = False,
+                 days: list[date] | None = None, loaded_at: datetime | date | None = None) -> None:
+    """React to a write of ``name`` as its declaration says (see the module docstring), in the
+    write's transaction: record a state table's versions, journal the days a journaled table's
+    write touched for each of its readers.
+
+    :func:`replace_rows` and :func:`insert_frame` call it; a writer that writes with its own
+    SQL calls it after, with ``days`` (the days it rewrote) or ``whole_table``. ``frame`` gives
+    the days of rows written (by the declared ``journal_day`` column); a write that deleted
+    rows it cannot name by day passes ``whole_table``.
+    """
+    spec = DECLARED.get(name)
+    if spec is None:
+        return
+    if spec.journal_readers:
+        _journal(conn, spec, frame, whole_table=whole_table, days=days)
+    if f"{name}_history" in HISTORY:  # features as of D read the version known at D
+        history.record_versions(conn, name, loaded_at=loaded_at)
+
+
+_JOURNAL = sa.table(TABLE_CHANGES.name, *[sa.column(c) for c in TABLE_CHANGES.column_names])
+
+
+def _journal(conn: sa.Connection, spec: TableSpec, frame: pd.DataFrame | None, *, whole_table: bool, days: list[date] | None) -> None:
+    TABLE_CHANGES.sa_table(sa.MetaData()).create(conn, checkfirst=True)
+    mine = sa.and_(_JOURNAL.c.table_name == spec.name, _JOURNAL.c.reader.in_(spec.journal_readers))
+    if whole_table:  # one entry stands for every day: earlier entries say nothing more
+        conn.execute(_JOURNAL.delete().where(mine))
+        conn.execute(_JOURNAL.insert(), [{"reader": r, "table_name": spec.name, "day": None} for r in spec.journal_readers])
+        return
+    touched = set(days or ())
+    if frame is not None and len(frame) and spec.journal_day in frame.columns:
+        touched |= {d.date() for d in pd.to_datetime(frame[spec.journal_day]).dt.normalize().dropna()}
+    ordered = sorted(touched)
+    for start in range(0, len(ordered), 500):
+        batch = ordered[start:start + 500]
+        conn.execute(_JOURNAL.delete().where(sa.and_(mine, _JOURNAL.c.day.in_(batch))))
+        conn.execute(_JOURNAL.insert(), [{"reader": r, "table_name": spec.name, "day": d} for r in spec.journal_readers for d in batch])
+
+
+@dataclass(frozen=True)
+class TableChanges:
+    """What was written to a table since a reader last caught up: the whole table, or days."""
+
+    whole_table: bool
+    days: tuple[date, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.whole_table and not self.days
+
+
+def take_changes(conn: sa.Connection, reader: str, name: str) -> TableChanges:
+    """The journal entries of ``reader`` for table ``name``, removed as they are read (in the
+    caller's transaction: if the caller's work rolls back, the entries come back too)."""
+    if reader not in DECLARED[name].journal_readers:
+        raise WarehouseError(f"'{reader}' is not a declared journal reader of table '{name}' (churnflow/schema.py)")
+    if not table_exists(conn, TABLE_CHANGES.name):
+        return TableChanges(False, ())
+    serialize_writes(conn, name)  # a writer of the table commits its entries before, or after, we take them
+    mine = sa.and_(_JOURNAL.c.reader == reader, _JOURNAL.c.table_name == name)
+    rows = conn.execute(sa.select(_JOURNAL.c.day).where(mine)).fetchall()
+    conn.execute(_JOURNAL.delete().where(mine))
+    days = sorted({_as_date(r.day) for r in rows if r.day is not None})
+    return TableChanges(any(r.day is None for r in rows), tuple(days))
+
+
+def has_changes(bind: sa.Engine | sa.Connection, reader: str, name: str) -> bool:
+    """Whether ``reader`` has journal entries for ``name`` it has not taken yet (its derived
+    state is behind the table), without taking them."""
+    if not table_exists(bind, TABLE_CHANGES.name):
+        return False
+    stmt = sa.select(sa.func.count()).select_from(_JOURNAL).where(_JOURNAL.c.reader == reader, _JOURNAL.c.table_name == name)
+    with transaction(bind) as conn:
+        return bool(conn.execute(stmt).scalar())
+
+
+def _as_date(value: object) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else pd.Timestamp(value).date()
 
 
 def append_rows(engine: sa.Engine, name: str, frame: pd.DataFrame) -> int:
@@ -292,8 +394,10 @@ def append_rows(engine: sa.Engine, name: str, frame: pd.DataFrame) -> int:
 
 
 def insert_frame(conn: sa.Connection, name: str, frame: pd.DataFrame) -> None:
-    """Insert ``frame`` into the declared table ``name`` inside the caller's transaction."""
+    """Insert ``frame`` into the declared table ``name`` inside the caller's transaction (a
+    write like any other: :func:`record_write` reacts to it)."""
     _insert_frame(conn, sa.table(name, *[sa.column(c) for c in DECLARED[name].column_names]), frame)
+    record_write(conn, name, frame)
 
 
 def _insert_frame(conn: sa.Connection, table: sa.TableClause, frame: pd.DataFrame) -> None:

@@ -36,11 +36,12 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow.schema import CRM_SYNC_LEDGER
 from churnflow.warehouse import read_sql
 
 log = logging.getLogger(__name__)
 
-LEDGER_TABLE = "crm_sync_ledger"
+LEDGER_TABLE = CRM_SYNC_LEDGER.name
 _BATCH = 500
 
 
@@ -81,35 +82,14 @@ class LedgerEntry:
 
 
 def _table(metadata: sa.MetaData, name: str) -> sa.Table:
-    return sa.Table(
-        name, metadata,
-        sa.Column("kind", sa.String(), primary_key=True),
-        sa.Column("record_key", sa.String(), primary_key=True),
-        sa.Column("status", sa.String(), nullable=False),
-        sa.Column("intended_hash", sa.String()),
-        sa.Column("sent_hash", sa.String()),
-        sa.Column("crm_id", sa.String()),
-        sa.Column("error", sa.String()),
-        sa.Column("run_id", sa.String()),
-        sa.Column("updated_at", sa.DateTime()),
-        *_ADDED_COLUMNS(),
-    )
-
-
-def _ADDED_COLUMNS() -> list[sa.Column]:  # noqa: N802 - columns added after the first release (migrated in place)
-    return [
-        sa.Column("intended_state", sa.String()),
-        sa.Column("sent_state", sa.String()),
-        sa.Column("intended_as_of", sa.Date()),
-        sa.Column("sent_as_of", sa.Date()),
-        sa.Column("seen_as_of", sa.Date()),
-    ]
+    """The ledger table as declared (churnflow.schema.CRM_SYNC_LEDGER), under ``name``."""
+    return CRM_SYNC_LEDGER.sa_table(metadata, name=name)
 
 
 def _migrate(engine: sa.Engine, table: sa.Table) -> None:
-    """Add the columns a ledger written by an older churnflow lacks (nothing is rewritten)."""
+    """Add the declared columns a ledger written by an older churnflow lacks (nothing is rewritten)."""
     have = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
-    missing = [c for c in _ADDED_COLUMNS() if c.name not in have]
+    missing = [c for c in table.columns if c.name not in have]
     if not missing:
         return
     preparer = engine.dialect.identifier_preparer

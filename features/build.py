@@ -43,7 +43,7 @@ from churnflow.history import state_at_sql, sync_history
 from churnflow.warehouse import content_hash_sql, ensure_table, read_sql, replace_rows, table_exists
 from features.catalogue import CATALOGUE, CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION, Feature, feature_catalogue
 from features.labels import active_accounts
-from features.rollups import RollupReport, refresh_survey_text, refresh_usage_rollups
+from features.rollups import RollupReport, refresh_survey_text, refresh_usage_rollups, usage_writes_pending
 from features.text import TOPICS
 
 log = logging.getLogger(__name__)
@@ -594,7 +594,7 @@ def input_fingerprint(engine: sa.Engine, as_of: date, catalogue: Sequence[Featur
     if "usage" in available:
         days = read_sql(engine, "SELECT activity_date, content_hash, dirty FROM usage_rollup_days "
                                 "WHERE activity_date >= :day365 AND activity_date < :as_of_day ORDER BY activity_date", params)
-        if days["dirty"].astype(bool).any():  # not refreshed: no fingerprint can vouch for the rollups
+        if days["dirty"].astype(bool).any() or usage_writes_pending(engine):  # not refreshed: no fingerprint can vouch for the rollups
             return f"unrolled-{datetime.now().isoformat()}"
         parts += [f"{d}:{h}" for d, h in zip(days["activity_date"].astype(str), days["content_hash"])]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -4,9 +4,10 @@
   (account, day): raw usage rolled up once per day. A daily run rolls only the new days
   (plus the last ``recheck_days``, for late-arriving rows), and a backfill over any date
   range reuses what is rolled, so feature cost follows new data, not history.
-* ``usage_rollup_days``: which days are rolled. Every write to ``usage`` through
-  :func:`churnflow.warehouse.replace_rows` marks the days it touched dirty (or forgets the
-  state when the whole table is replaced), so a rollup is never silently stale.
+* ``usage_rollup_days``: which days are rolled. Every write to ``usage`` through churnflow
+  is journaled by the warehouse (``table_changes``, reader ``usage_rollups``); a refresh first
+  marks the days written since dirty (or forgets the state when the whole table was
+  replaced), so a rollup is never silently stale, whoever wrote and whatever they imported.
 * ``survey_text``: each verbatim comment scored once (sentiment and topic flags); a
   changed comment is scored again (matched by md5).
 
@@ -26,12 +27,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from churnflow import schema
-from churnflow.warehouse import content_hash_sql, ensure_table, insert_frame, read_sql, table_exists
+from churnflow.warehouse import content_hash_sql, ensure_table, has_changes, insert_frame, read_sql, table_exists, take_changes
 from features.text import TOPICS, sentiment, topic_flags
+from ingest.usage_days import day_ranges
 
 log = logging.getLogger(__name__)
 
 CHUNK_DAYS = 31  # days rolled per transaction: bounds memory and keeps progress if a run dies
+READER = "usage_rollups"  # this module's name in the write journal (declared with schema.USAGE)
 
 
 @dataclass
@@ -55,152 +58,32 @@ def _ensure(engine: sa.Engine | sa.Connection, *specs: schema.TableSpec) -> None
         ensure_table(engine, spec.name, pd.DataFrame(columns=spec.column_names))
 
 
-def record_usage_write(conn: sa.Connection, frame: pd.DataFrame, *, whole_table: bool) -> None:
-    """Mark the days a write to ``usage`` touched as dirty, inside the write's transaction.
+def catch_up_usage_writes(conn: sa.Connection) -> None:
+    """Mark the days written to ``usage`` since the last refresh dirty, from the write journal
+    (churnflow.warehouse): a write that replaced the whole table forgets the rollup state, so
+    the refresh rolls everything. Runs in the refresh's own transaction."""
+    changes = take_changes(conn, READER, schema.USAGE.name)
+    if changes.whole_table:
+        if table_exists(conn, schema.USAGE_ROLLUP_DAYS.name):
+            conn.execute(sa.text(f'DELETE FROM "{schema.USAGE_ROLLUP_DAYS.name}"'))
+        return
+    if changes.days:
+        _mark_dirty(conn, list(changes.days))
 
-    A write that replaced or deleted rows it cannot name by day forgets the rollup state
-    (the next refresh rolls everything) and the ingest's day hashes.
-    """
-    if whole_table:
-        for name in (schema.USAGE_ROLLUP_DAYS.name, schema.USAGE_INGEST_DAYS.name):
-            if table_exists(conn, name):
-                conn.execute(sa.text(f'DELETE FROM "{name}"'))
-        return
-    if frame.empty:
-        return
-    _mark_dirty(conn, sorted({d.date() for d in pd.to_datetime(frame["occurred_at"]).dt.normalize().dropna()}))
+
+def usage_writes_pending(engine: sa.Engine | sa.Connection) -> bool:
+    """Whether usage was written since the last refresh (the rollups are behind it)."""
+    return has_changes(engine, READER, schema.USAGE.name)
 
 
 def _mark_dirty(conn: sa.Connection, days: list[date]) -> None:
     state = sa.table(schema.USAGE_ROLLUP_DAYS.name, *[sa.column(c) for c in schema.USAGE_ROLLUP_DAYS.column_names])
-    ingest = sa.table(schema.USAGE_INGEST_DAYS.name, sa.column("activity_date"))
-    has_state, has_ingest = table_exists(conn, state.name), table_exists(conn, ingest.name)
+    if not table_exists(conn, state.name):  # without a state the next refresh rolls every day anyway
+        return
     for start in range(0, len(days), 500):
         batch = days[start:start + 500]
-        if has_state:  # without a state the next refresh rolls every day anyway
-            conn.execute(state.delete().where(state.c.activity_date.in_(batch)))
-            conn.execute(state.insert(), [{"activity_date": d, "source_rows": 0, "events": 0.0, "content_hash": None, "dirty": True, "rolled_at": None} for d in batch])
-        if has_ingest:  # the ingest's hash of these days no longer describes the table
-            conn.execute(ingest.delete().where(ingest.c.activity_date.in_(batch)))
-
-
-def day_hash_parts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per day: the (wrapping) sum of the canonical rows' 64-bit hashes and the row count.
-
-    Sums of row hashes are additive, so an extract read in chunks gives the same per-day hash
-    as the whole extract at once (:func:`add_day_hash_parts`)."""
-    day = pd.to_datetime(frame["occurred_at"]).dt.normalize()
-    row_hash = pd.util.hash_pandas_object(frame[schema.USAGE.column_names], index=False)
-    grouped = pd.DataFrame({"day": day, "h": row_hash.to_numpy(dtype="uint64")}).groupby("day")["h"]
-    return pd.DataFrame({"total": grouped.sum(), "rows": grouped.size()})  # uint64 sums wrap: still a hash
-
-
-def add_day_hash_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Combine the per-day parts of several chunks of one extract."""
-    if not parts:
-        return pd.DataFrame({"total": pd.Series(dtype="uint64"), "rows": pd.Series(dtype="int64")})
-    both = pd.concat(parts)
-    grouped = both.groupby(level=0)
-    return pd.DataFrame({"total": grouped["total"].sum().astype("uint64"), "rows": grouped["rows"].sum()})
-
-
-def day_hashes_from_parts(parts: pd.DataFrame) -> pd.DataFrame:
-    """The ``usage_ingest_days`` rows for per-day parts: day, content hash, rows."""
-    return pd.DataFrame({
-        "activity_date": pd.DatetimeIndex(parts.index).date if len(parts) else pd.Series(dtype=object),
-        "content_hash": [f"{int(t):016x}-{int(n)}" for t, n in zip(parts["total"], parts["rows"])],
-        "source_rows": parts["rows"].astype("int64").to_numpy(),
-    })
-
-
-def _day_hashes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per day: row count and an order-independent hash of the day's canonical rows."""
-    return day_hashes_from_parts(day_hash_parts(frame))
-
-
-def replace_usage_by_day(engine: sa.Engine | sa.Connection, frame: pd.DataFrame) -> int:
-    """Load a full usage extract, rewriting only the days whose rows changed since the last load.
-
-    Ingest hands over the whole ``usage`` table each run; comparing per-day hashes with the
-    previous load keeps the write, and the rollups' work, to the days that are new, changed
-    or gone. Returns the rows written. Given a connection, the write joins the caller's
-    transaction (ingest loads every table or none).
-    """
-    def write(conn: sa.Connection, days: set[date] | None) -> int:
-        from churnflow.warehouse import replace_rows
-
-        if days is None:
-            return replace_rows(conn, "usage", frame, replace_all=True)
-        rows = frame[pd.to_datetime(frame["occurred_at"]).dt.normalize().dt.date.isin(days)]
-        if len(rows):
-            insert_frame(conn, "usage", rows)
-        return len(rows)
-
-    return _replace_changed_days(engine, _day_hashes(frame), write)
-
-
-def replace_usage_by_day_from(engine: sa.Engine | sa.Connection, load_table: str, parts: pd.DataFrame) -> int:
-    """:func:`replace_usage_by_day` for an extract already written, chunk by chunk, to
-    ``load_table`` (canonical usage columns) with its per-day hash ``parts``: the rows are
-    copied in SQL, so an extract of any size loads in bounded memory."""
-    cols = ", ".join(f'"{c}"' for c in schema.USAGE.column_names)
-
-    def write(conn: sa.Connection, days: set[date] | None) -> int:
-        if days is None:
-            conn.execute(sa.text("DELETE FROM usage"))
-            record_usage_write(conn, pd.DataFrame(), whole_table=True)
-            return int(conn.execute(sa.text(f'INSERT INTO usage ({cols}) SELECT {cols} FROM "{load_table}"')).rowcount or 0)
-        written = 0
-        for start, end in _ranges(sorted(days)):
-            written += int(conn.execute(sa.text(f'INSERT INTO usage ({cols}) SELECT {cols} FROM "{load_table}" '
-                                                "WHERE occurred_at >= :a AND occurred_at < :b"), {"a": _ts(start), "b": _ts(end)}).rowcount or 0)
-        return written
-
-    return _replace_changed_days(engine, day_hashes_from_parts(parts), write)
-
-
-def _replace_changed_days(engine: sa.Engine | sa.Connection, hashes: pd.DataFrame, write) -> int:  # noqa: ANN001 - a local callback
-    """The day delta both loaders share: the first load writes everything, later loads delete
-    and rewrite the days whose hash changed, and forget the days that are gone."""
-    from churnflow.warehouse import replace_rows, transaction
-
-    ensure_table(engine, "usage", pd.DataFrame(columns=schema.USAGE.column_names))
-    _ensure(engine, schema.USAGE_INGEST_DAYS)
-    with transaction(engine) as conn:
-        previous = pd.DataFrame(conn.execute(sa.text("SELECT activity_date, content_hash FROM usage_ingest_days")).fetchall(),
-                                columns=["activity_date", "content_hash"])
-        if previous.empty:
-            written = write(conn, None)
-            replace_rows(conn, schema.USAGE_INGEST_DAYS.name, hashes, replace_all=True)
-            log.info("usage: loaded all %d day(s), %d rows", len(hashes), written)
-            return written
-        previous["activity_date"] = pd.to_datetime(previous["activity_date"]).dt.date
-        before = dict(zip(previous["activity_date"], previous["content_hash"]))
-        now = dict(zip(hashes["activity_date"], hashes["content_hash"]))
-        changed = sorted(d for d, h in now.items() if before.get(d) != h)
-        gone = sorted(set(before) - set(now))
-        ingest_days = sa.table(schema.USAGE_INGEST_DAYS.name, sa.column("activity_date"))
-        for start, end in _ranges(changed + gone):
-            conn.execute(sa.text("DELETE FROM usage WHERE occurred_at >= :a AND occurred_at < :b"), {"a": _ts(start), "b": _ts(end)})
-        written = write(conn, set(changed)) if changed else 0
-        _mark_dirty(conn, changed + gone)
-        if changed:
-            insert_frame(conn, schema.USAGE_INGEST_DAYS.name, hashes[hashes["activity_date"].isin(set(changed))])
-        for start in range(0, len(gone), 500):
-            conn.execute(ingest_days.delete().where(ingest_days.c.activity_date.in_(gone[start:start + 500])))
-    log.info("usage: %d of %d day(s) changed, %d gone; %d rows rewritten", len(changed), len(now), len(gone), written)
-    return written
-
-
-def _ranges(days: list[date]) -> list[tuple[date, date]]:
-    """Contiguous [start, end) ranges of at most CHUNK_DAYS days covering ``days``."""
-    out: list[tuple[date, date]] = []
-    for d in sorted(set(days)):
-        if out and out[-1][1] == d and (d - out[-1][0]).days < CHUNK_DAYS:
-            out[-1] = (out[-1][0], d + timedelta(days=1))
-        else:
-            out.append((d, d + timedelta(days=1)))
-    return out
+        conn.execute(state.delete().where(state.c.activity_date.in_(batch)))
+        conn.execute(state.insert(), [{"activity_date": d, "source_rows": 0, "events": 0.0, "content_hash": None, "dirty": True, "rolled_at": None} for d in batch])
 
 
 _ROLL_USER_DAYS = """
@@ -251,6 +134,8 @@ def refresh_usage_rollups(engine: sa.Engine, *, recheck_days: int = 3, rebuild: 
     """
     started = time.perf_counter()
     _ensure(engine, schema.USAGE_DAILY, schema.USAGE_ACCOUNT_DAILY, schema.USAGE_ROLLUP_DAYS)
+    with engine.begin() as conn:
+        catch_up_usage_writes(conn)
     state = read_sql(engine, "SELECT activity_date, dirty FROM usage_rollup_days")
     state["activity_date"] = pd.to_datetime(state["activity_date"]).dt.date
     clean = state[~state["dirty"].astype(bool)]
@@ -272,7 +157,7 @@ def refresh_usage_rollups(engine: sa.Engine, *, recheck_days: int = 3, rebuild: 
         if not pd.isna(hi):
             last = pd.Timestamp(hi).date()
             days += [tail + timedelta(days=i) for i in range((last - tail).days + 1)]
-    rows = sum(_roll(engine, start, end) for start, end in _ranges(days))
+    rows = sum(_roll(engine, start, end) for start, end in day_ranges(days, CHUNK_DAYS))
     if full:
         _analyze(engine, "usage_daily", "usage_account_daily", "usage_rollup_days")
     report = RollupReport(full, len(set(days)), rows, time.perf_counter() - started)

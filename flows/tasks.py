@@ -80,18 +80,15 @@ def training_due(settings: Settings) -> tuple[bool, str, dict[str, object] | Non
 
     Not due only when the newest registered version (champion or a refused challenger) was
     trained on exactly the data the warehouse holds now (same ``observed_until``), with the
-    current feature set and the same logged training settings (LightGBM parameters,
-    horizon, grace): retraining would reproduce it, and reruns would pile up identical
-    versions. Anything else that changed (code, label logic) is not detected: use ``force``.
+    current feature set and the same training settings (``models.train.training_settings``:
+    the very list training logs): retraining would reproduce it, and reruns would pile up
+    identical versions. Anything else that changed (code, label logic) is not detected: use ``force``.
     """
     from features.catalogue import FEATURE_SET_VERSION
     from features.labels import data_window
     from models.registry import configure_mlflow
 
     client = configure_mlflow(settings)
-    current = {k: str(v) for k, v in train_stage.lgb_params(settings).items() if k != "verbose"}
-    current.update(horizon_days=str(settings.horizon_days), churn_grace_days=str(settings.churn_grace_days),
-                   label_lead_days=str(settings.label_lead_days), snapshot_cadence=settings.snapshot_cadence)
     observed_until = str(data_window(get_engine(settings.warehouse), settings)[1])
     versions = client.search_model_versions(f"name = '{settings.model_name}'")
     if not versions:
@@ -103,7 +100,7 @@ def training_due(settings: Settings) -> tuple[bool, str, dict[str, object] | Non
         return True, f"new data: v{version.version} observed until {params.get('observed_until')}, warehouse until {observed_until}", None
     if params.get("feature_set_version") != FEATURE_SET_VERSION:
         return True, f"feature set changed: v{version.version} has {params.get('feature_set_version')}, code has {FEATURE_SET_VERSION}", None
-    changed = sorted(k for k, v in current.items() if k in params and params[k] != v)
+    changed = train_stage.changed_training_settings(params, settings)
     if changed:
         return True, f"training settings changed since v{version.version}: {', '.join(changed)}", None
     metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from churnflow.schema import CANONICAL, TableSpec
+from churnflow.schema import CANONICAL, QUARANTINE, TableSpec
 
 # ---------------------------------------------------------------------------- declarations
 
@@ -268,8 +269,8 @@ def check(
 
 # ---------------------------------------------------------------------------- quarantine
 
-QUARANTINE_TABLE = "quarantine"
-QUARANTINE_COLUMNS = ["table_name", "source", "source_row", "source_key", "field", "value", "reason", "run_id", "quarantined_at"]
+QUARANTINE_TABLE = QUARANTINE.name
+QUARANTINE_COLUMNS = QUARANTINE.column_names
 """Quarantine records: one per (rejected row, broken rule).
 
 ``source`` is the file name, ``query`` or the source table; ``source_row`` is the 1-based
@@ -303,3 +304,82 @@ def top_reasons(violations: pd.DataFrame, n: int = 5) -> list[tuple[str, int]]:
         return []
     counts = violations["reason"].value_counts()
     return [(str(k), int(v)) for k, v in counts.head(n).items()]
+
+
+# ---------------------------------------------------------------------------- table checks
+# Problems the row rules cannot express, found in a whole table: warnings, never rejections.
+# Here, in the ingest, so every ingest and validate runs them whatever else is imported.
+
+
+_MIN_ROWS = 5  # below this many rows a pattern is not evidence
+
+
+def subscription_leak_warnings(frame: pd.DataFrame, run_date: date) -> list[str]:
+    """Warnings for subscription columns that look like outcomes rather than terms.
+
+    A column filled in *because* the customer left tells the model who left: labels would be
+    right, features leak, and the model looks great on history and fails live. Each warning
+    names the column and the pattern; none of them stops an ingest (the data may be honest).
+    ``frame`` holds canonical subscription columns (missing ones are skipped).
+    """
+    warnings: list[str] = []
+    n = len(frame)
+    if n < _MIN_ROWS:
+        return warnings
+    run = pd.Timestamp(run_date)
+    end = pd.to_datetime(frame["end_date"]) if "end_date" in frame else pd.Series(pd.NaT, index=frame.index)
+    cancelled = pd.to_datetime(frame["cancelled_at"]) if "cancelled_at" in frame else pd.Series(pd.NaT, index=frame.index)
+    has_end, is_cancelled = end.notna(), cancelled.notna()
+
+    if _MIN_ROWS <= has_end.sum() and (~has_end).mean() >= 0.5 and (end[has_end] <= run).all():
+        warnings.append(
+            f"subscriptions.end_date: set on only {int(has_end.sum())} of {n} rows and every one is on or before the run date "
+            f"{run_date}: it looks like the date customers left, not the contractual end of a term. Map it to cancelled_at "
+            "(or a churn_events source), and leave end_date empty for open-ended subscriptions."
+        )
+    if is_cancelled.mean() > 0.5:
+        warnings.append(
+            f"subscriptions.cancelled_at: set on {is_cancelled.mean():.0%} of {n} rows: if this is a status-change or "
+            "last-updated timestamp rather than when a cancellation was recorded, every subscription looks cancelled."
+        )
+    both = has_end & is_cancelled
+    if both.sum() >= _MIN_ROWS:
+        rewritten = end[both] <= cancelled[both].dt.normalize() + pd.Timedelta(days=1)
+        if rewritten.mean() >= 0.9:
+            warnings.append(
+                f"subscriptions.end_date: on {rewritten.mean():.0%} of the {int(both.sum())} cancelled rows it equals the "
+                "cancellation day: it looks rewritten when the customer cancelled. end_date must be the end of the term as signed."
+            )
+    if "auto_renew" in frame:
+        auto = frame["auto_renew"].astype("boolean")
+        off_cancelled = (auto[is_cancelled] == False).mean() if is_cancelled.sum() else np.nan  # noqa: E712
+        off_live = (auto[~is_cancelled] == False).mean() if (~is_cancelled).sum() else np.nan  # noqa: E712
+        if is_cancelled.sum() >= _MIN_ROWS and (~is_cancelled).sum() >= _MIN_ROWS and off_cancelled >= 0.9 and off_live <= 0.02:
+            warnings.append(
+                f"subscriptions.auto_renew: false on {off_cancelled:.0%} of cancelled rows and {off_live:.0%} of the others: it "
+                "looks switched off by the cancellation. Map the flag as signed (its value when the term began)."
+            )
+    if "renewal_date" in frame and "billing_period" in frame:
+        stated = pd.to_datetime(frame["renewal_date"]).notna()
+        if stated.sum() >= _MIN_ROWS and frame.loc[stated, "billing_period"].isna().mean() > 0.5:
+            warnings.append(
+                "subscriptions.renewal_date: mapped without billing_period on most rows: for past dates the exported renewal "
+                "date is used as is, and an export that froze it when customers left would leak. Map billing_period too."
+            )
+    return warnings
+
+
+def subscriptions_table_check(frame: pd.DataFrame) -> list[str]:
+    """:func:`subscription_leak_warnings` as a table check of every ingest (it receives only the rows).
+
+    The run date is today, or the day after the newest start or cancellation in the rows if
+    that is later: an export cannot be older than its own newest row."""
+    stamps = [pd.to_datetime(frame[c]).max() for c in ("start_date", "cancelled_at") if c in frame]
+    run_date = max([date.today(), *[s.date() + timedelta(days=1) for s in stamps if not pd.isna(s)]])
+    return [w.removeprefix("subscriptions.") for w in subscription_leak_warnings(frame, run_date)]
+
+
+TableCheck = Callable[[pd.DataFrame], list[str]]
+
+TABLE_CHECKS: dict[str, tuple[TableCheck, ...]] = {"subscriptions": (subscriptions_table_check,)}
+"""The ingest's own table checks per canonical table (more can be registered: ``ingest.load.register_table_check``)."""

@@ -230,6 +230,35 @@ def holdout_rows(ts: TrainingSet) -> pd.DataFrame:
     return ts.frame[ts.frame["as_of_date"].dt.date.isin(ts.holdout_dates)]
 
 
+def training_settings(settings: Settings) -> dict[str, str]:
+    """Every setting that shapes what training fits, as the MLflow params it logs (text).
+
+    The one list: training logs it with each run and the retrain check
+    (``flows.tasks.training_due``) compares it with the newest version's run, so a setting
+    that training records cannot be forgotten by the check (``label_lead_days`` once was).
+    Settings that only gate or report (the churner minimums, the bootstrap) are not here:
+    they do not change the model.
+    """
+    values: dict[str, object] = {k: v for k, v in lgb_params(settings).items() if k != "verbose"}
+    values.update(
+        num_boost_round=settings.num_boost_round,
+        horizon_days=settings.horizon_days,
+        label_lead_days=settings.label_lead_days,
+        churn_grace_days=settings.churn_grace_days,
+        snapshot_cadence=settings.snapshot_cadence,
+        training_snapshots=settings.training_snapshots,
+        holdout_snapshots=settings.holdout_snapshots,
+        usage_event_types_top=settings.usage_event_types_top,
+    )
+    return {k: str(v) for k, v in values.items()}
+
+
+def changed_training_settings(recorded: dict[str, str], settings: Settings) -> list[str]:
+    """The names of :func:`training_settings` whose value differs from ``recorded`` (a run's
+    params); a setting the run did not record (an older churnflow) counts as changed."""
+    return sorted(k for k, v in training_settings(settings).items() if recorded.get(k) != v)
+
+
 def lgb_params(settings: Settings) -> dict[str, object]:
     return {
         "objective": "binary",
@@ -393,14 +422,10 @@ def evaluate_and_register(
     model.base_rate = float(fit["churned"].mean())
     first, _ = data_window(engine, settings)
     with mlflow.start_run(run_name=run_name or f"train-{ts.observed_until}") as run:
-        mlflow.log_params({k: v for k, v in lgb_params(settings).items() if k != "verbose"})
+        mlflow.log_params({**training_settings(settings), "snapshot_cadence": ts.cadence})
         mlflow.log_params(
             {
-                "horizon_days": settings.horizon_days,
-                "snapshot_cadence": ts.cadence,
                 "base_rate": round(model.base_rate, 6),
-                "label_lead_days": settings.label_lead_days,
-                "churn_grace_days": settings.churn_grace_days,
                 "data_start": str(first),
                 "observed_until": str(ts.observed_until),
                 "fit_dates": ",".join(str(d) for d in ts.fit_dates),

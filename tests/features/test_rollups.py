@@ -13,7 +13,7 @@ from churnflow import schema
 from churnflow.demo_data import generate_book, write_book
 from churnflow.warehouse import append_rows, read_sql, replace_rows
 from features.build import build_features
-from features.rollups import refresh_survey_text, refresh_usage_rollups
+from features.rollups import refresh_survey_text, refresh_usage_rollups, usage_writes_pending
 from features.text import sentiment
 
 
@@ -163,3 +163,63 @@ def test_postgres_rolls_the_same_as_duckdb(pg_engine: sa.Engine, duck_engine: sa
         assert not refresh_usage_rollups(engine).full
     pd.testing.assert_frame_equal(_rollup(duck_engine), _rollup(pg_engine), check_dtype=False, rtol=1e-9)
     np.testing.assert_array_equal(_rollup(pg_engine)["source_rows"].sum(), len(book["usage"]) + 10)
+
+
+def _rows(account: str, day: date, n: int, feature: str = "export") -> pd.DataFrame:
+    stamps = [pd.Timestamp(day) + pd.Timedelta(hours=1 + i) for i in range(n)]
+    frame = pd.DataFrame({"account_id": account, "occurred_at": stamps, "feature": feature, "quantity": 1.0 + np.arange(n),
+                          "duration_s": 2.0, "errors": 0, "user_id": [f"u{i}" for i in range(n)]})
+    return schema.coerce(frame, schema.USAGE)
+
+
+def test_every_writer_of_usage_reaches_the_rollups(duck_engine: sa.Engine, tmp_path) -> None:
+    """Write usage through every writer, each time on old days the incremental recheck would
+    not look at; the rollups must then agree with a from-scratch rebuild."""
+    import subprocess
+    import sys
+
+    from churnflow.warehouse import insert_frame, transaction
+    from ingest.usage_days import add_day_hash_parts, day_hash_parts, replace_usage_by_day, replace_usage_by_day_from
+
+    base = pd.concat([_rows(f"A{i}", date(2026, 1, 1) + timedelta(days=d), 3) for i in range(3) for d in range(60)], ignore_index=True)
+    replace_rows(duck_engine, "usage", base, replace_all=True)
+    refresh_usage_rollups(duck_engine)
+
+    def roll_and_compare(what: str) -> None:
+        assert usage_writes_pending(duck_engine), what  # feature fingerprints refuse to vouch until the refresh
+        report = refresh_usage_rollups(duck_engine, recheck_days=1)
+        assert not usage_writes_pending(duck_engine), what
+        incremental = _rollup(duck_engine)
+        refresh_usage_rollups(duck_engine, rebuild=True)
+        pd.testing.assert_frame_equal(incremental, _rollup(duck_engine), check_dtype=False, rtol=1e-9, obj=what)
+        pd.testing.assert_frame_equal(incremental, _expected_rollup(read_sql(duck_engine, "SELECT * FROM usage")), check_dtype=False, rtol=1e-9, obj=what)
+        assert report.full == (what in ("replace where", "replace_all")), what  # a day-named write rolls only its days
+
+    append_rows(duck_engine, "usage", _rows("A9", date(2026, 1, 5), 2))
+    roll_and_compare("append")
+    replace_rows(duck_engine, "usage", _rows("A0", date(2026, 1, 6), 1, "import"), where={"account_id": "A1"})  # days it cannot name
+    roll_and_compare("replace where")
+    with transaction(duck_engine) as conn:
+        insert_frame(conn, "usage", _rows("A2", date(2026, 1, 10), 4))
+    roll_and_compare("insert_frame")
+    current = schema.coerce(read_sql(duck_engine, "SELECT * FROM usage"), schema.USAGE)
+    replace_usage_by_day(duck_engine, current)  # the ingest's first load: the whole table
+    roll_and_compare("replace_all")
+    edited = pd.concat([current, _rows("A1", date(2026, 1, 12), 2)], ignore_index=True)
+    edited = edited[pd.to_datetime(edited["occurred_at"]).dt.date != date(2026, 1, 20)]
+    replace_usage_by_day(duck_engine, edited)  # the ingest: only the changed days
+    roll_and_compare("ingest by day")
+    with duck_engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE load_usage AS SELECT * FROM usage WHERE occurred_at >= '2026-01-03'"))
+    remaining = read_sql(duck_engine, "SELECT * FROM load_usage")
+    replace_usage_by_day_from(duck_engine, "load_usage", add_day_hash_parts([day_hash_parts(schema.coerce(remaining, schema.USAGE))]))
+    roll_and_compare("ingest streamed by day")
+    # another process that imports only the core writes old days: the journal still tells the rollups
+    duck_engine.dispose()
+    url = str(duck_engine.url)
+    script = ("import pandas as pd, sys; from churnflow import schema; from churnflow.warehouse import get_engine, append_rows; "
+              f"append_rows(get_engine({url!r}), 'usage', schema.coerce(pd.DataFrame({{'account_id': ['A7'], 'occurred_at': [pd.Timestamp('2026-01-15 08:00')], "
+              "'feature': ['export']}), schema.USAGE)); assert 'features' not in sys.modules and 'features.rollups' not in sys.modules")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    roll_and_compare("another process, core only")
+    assert read_sql(duck_engine, "SELECT COUNT(*) AS n FROM usage WHERE account_id = 'A7'")["n"].iloc[0] == 1

@@ -10,16 +10,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from ingest.load import (
-    ContractError,
-    MappingError,
-    Options,
-    SourceError,
-    coerce_values,
-    ingest,
-    load_mapping,
-    validate,
-)
+from ingest.load import coerce_values, ingest, validate
+from ingest.mapping import ContractError, MappingError, Options, SourceError, load_mapping
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql, replace_rows, table_exists
 

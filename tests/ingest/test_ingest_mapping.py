@@ -14,18 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ingest import load as ingest_module
-from ingest.load import (
-    AmbiguousDateError,
-    ContractError,
-    MappingError,
-    QueryError,
-    SourceError,
-    check_read_only_query,
-    ingest,
-    load_mapping,
-    register_table_check,
-    validate,
-)
+from ingest.load import check_read_only_query, ingest, register_table_check, validate
+from ingest.mapping import AmbiguousDateError, ContractError, MappingError, QueryError, SourceError, load_mapping
 from churnflow.manifest import AttributeSpec, DataManifest, available_tables, read_manifest
 from churnflow.warehouse import get_engine, read_sql, replace_rows, table_exists
 from features.rollups import refresh_survey_text
@@ -485,7 +475,7 @@ def test_absent_tables_attributes_and_manifest_on_postgresql(pg_engine: sa.Engin
 
 
 def test_every_mapping_key_is_described_in_the_generated_page() -> None:
-    from ingest.load import AttributeEntry, ChurnSection, MappingFile, Options, StagingSource, TableSource, mapping_markdown
+    from ingest.mapping import AttributeEntry, ChurnSection, MappingFile, Options, StagingSource, TableSource, mapping_markdown
 
     page = mapping_markdown()
     for model in (MappingFile, TableSource, StagingSource, Options, ChurnSection, AttributeEntry):
