@@ -136,7 +136,8 @@ def features_cmd(
 @app.command("train")
 def train_cmd() -> None:
     """Train on matured snapshots, log to MLflow, register, run the champion gate (refuses thin data)."""
-    from models.train import InsufficientDataError, describe_auc, train
+    from models.split import InsufficientDataError
+    from models.train import describe_auc, train
 
     settings = _settings()
     try:
@@ -160,7 +161,7 @@ def train_cmd() -> None:
 def profile_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False) -> None:
     """Readiness: history, coverage, billing cadence, churners per slice for monthly and weekly snapshots, a verdict."""
     from models.readiness import profile_readiness
-    from models.train import InsufficientDataError
+    from models.split import InsufficientDataError
 
     settings = _settings()
     try:

@@ -7,7 +7,7 @@ churned accounts the trainer's fit / calibration / holdout slices would get. It 
 a verdict ("ready", or "not ready: <cause>; <fix>") and suggested settings.
 
 Spans and coverage are SQL aggregates in the warehouse; churners come from the same label
-function and the same split (``models.train.plan_split``) the trainer uses, so the profile
+function and the same split (``models.split.plan_split``) the trainer uses, so the profile
 and a refusal of ``train`` always agree.
 """
 
@@ -24,7 +24,7 @@ from churnflow.manifest import available_tables, read_manifest
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql
 from features.labels import data_window, labels_for_dates, observation_end
-from models.train import SLICES, InsufficientDataError, SplitPlan, churner_shortfalls, matured_dates, plan_split, slice_churners
+from models.split import SLICES, InsufficientDataError, SplitPlan, churner_shortfalls, matured_dates, plan_split, slice_churners
 
 # Each source's event timestamp (a fixed list: table and column names are never user input).
 SOURCE_TIME = {"usage": "occurred_at", "tickets": "opened_at", "surveys": "submitted_at", "subscriptions": "start_date"}

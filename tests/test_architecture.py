@@ -24,16 +24,6 @@ FLOWS = "flows"
 ENTRY_MODULES = frozenset({"churnflow.cli", "churnflow.docs"})
 PACKAGES = (CORE, *STAGES, FLOWS)
 
-# Violations in files other owners are fixing, tolerated until then; remove an entry when it
-# is fixed. Nothing else may be added: a new violation is fixed, not listed.
-KNOWN: frozenset[str] = frozenset({
-    "import cycle: crm_sync.ops -> crm_sync.sync",  # gone with the crm_sync split (ops -> repair, plan)
-    "import cycle: crm_sync.local.bulk_jobs -> crm_sync.local.httpd -> crm_sync.local.login -> crm_sync.local.server -> "
-    "crm_sync.local.sobjects -> crm_sync.local.soql_engine",  # the local server's modules reach back into server.py
-    "import cycle: models.readiness -> models.train",  # refusal_fix (train) asks readiness, which plans splits with train's
-})
-
-
 def layer(module: str) -> int | None:
     """0 for the core, 1.. for the stages in order, len(STAGES) + 1 for flows; None: not ours."""
     top = module.split(".", 1)[0]
@@ -166,7 +156,7 @@ def project_sources() -> tuple[dict[str, str], set[str]]:
 def test_layers_point_one_way() -> None:
     sources, packages = project_sources()
     found = set(violations(sources, packages))
-    assert sorted(found - KNOWN) == [], "layering violations (see docs/architecture.md)"
+    assert sorted(found) == [], "layering violations (see docs/architecture.md)"
 
 
 def test_every_package_has_a_layer() -> None:
