@@ -51,7 +51,9 @@ def test_health_and_band_never_disagree_over_many_probabilities_and_thresholds()
 
 def test_the_cut_offs_land_at_the_documented_points() -> None:
     red, yellow = 0.12, 0.04
-    assert health_score(np.array([0.0, 0.02, 0.039999, 0.04, 0.08, 0.12, 0.56, 1.0]), red, yellow).tolist() == [100, 85, 70, 69, 55, 39, 20, 0]
+    # The worked example of docs/health-score.md.
+    p = np.array([0.0, 0.02, 0.039999, 0.04, 0.08, 0.12, 0.2, 0.56, 1.0])
+    assert health_score(p, red, yellow).tolist() == [100, 85, 70, 69, 55, 39, 36, 20, 0]
     # The old scale put a p of 0.2 (red here) at 80; the new one reads it as red.
     assert band_of(0.2, red, yellow) == "red" and health_score(0.2, red, yellow) < 40
     # The same probability reads healthier when the bands are set wider, as the colour does.
