@@ -19,7 +19,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from churnflow.vocabulary import FAMILIES, Family
@@ -280,6 +280,21 @@ CATEGORICAL: list[str] = [f.name for f in CATALOGUE if f.is_categorical]
 FEATURE_SET_VERSION = "3"
 
 SLUG_MAX = 40  # characters of a customer value kept in a feature name (names stay < 63, PostgreSQL's limit)
+
+
+def current_entry(feature: Feature) -> Feature:
+    """An entry as this churnflow words it, for a catalogue stored with an older model: a
+    static feature's entry from :data:`CATALOGUE` (sentence, role, comparison); a dynamic one
+    pickled before roles and comparisons existed gets them (a per-event-type trend is a
+    change, a category attribute is context). Wording only: which features exist is the
+    model's."""
+    if feature.origin == "static" and feature.name in BY_NAME:
+        return BY_NAME[feature.name]
+    if "role" in feature.__dict__:
+        return feature
+    trend = feature.origin == "event_type" and feature.unit == "ratio"
+    return replace(feature, role="context" if feature.origin == "attribute" and feature.is_categorical else "signal",
+                   compare="change" if trend else "peers")
 
 
 def family_of(name: str, catalogue: Iterable[Feature] = CATALOGUE) -> str:

@@ -55,3 +55,17 @@ def test_baselines_are_written_like_the_values() -> None:
     assert format_amount(0.65, "ratio") == "65%" and format_amount(0.029, "ratio") == "2.9%"
     assert format_amount(1234.0, "events") == "1,234" and format_amount(3.4, "score") == "3.4"
     assert format_amount(0.12, "score") == "+0.12"
+
+
+def test_a_catalogue_stored_with_an_older_model_gets_todays_roles_and_comparisons() -> None:
+    import copy
+
+    from features.catalogue import current_entry
+
+    trend, count = event_type_features(["unfriend"])[1:3][0], event_type_features(["unfriend"])[0]
+    old_tenure = copy.copy(BY_NAME["tenure_days"])
+    for feature in (trend, count, old_tenure):  # as unpickled from a model saved before roles existed
+        feature.__dict__.pop("role"), feature.__dict__.pop("compare")
+    assert trend.compare == "peers"  # the class default would compare a change with peers
+    assert current_entry(trend).compare == "change" and current_entry(count).compare == "peers"
+    assert current_entry(old_tenure).is_context
