@@ -19,7 +19,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from churnflow.vocabulary import FAMILIES, Family
@@ -40,6 +40,54 @@ OPTIONAL_TABLES: tuple[str, ...] = ("usage", "tickets", "surveys")
 # whether it is shown as a risk or a protective driver.
 RiskWhen = Literal["higher", "lower", "category", "learned"]
 Origin = Literal["static", "event_type", "attribute"]
+# What a feature is to a CS team. "signal": a reason, shown only with its direction and a
+# baseline. "context": a fact about who the customer is or where they stand (tenure, ARR,
+# plan, renewal date): shown as context beside the reasons, never as a reason itself.
+Role = Literal["signal", "context"]
+# How a signal's sentence says which way it points. "peers": the value against the typical
+# value of comparable accounts on the same day ("28%, well below the 65% typical for
+# mid-market accounts"). "change": the value is itself a change and its sign is the
+# direction ("fell 42%"); the sentence template says it with {direction}.
+Comparison = Literal["peers", "change"]
+
+# Relative distance from the baseline that separates "close to" from "below"/"above", and
+# "below"/"above" from "well below"/"well above" (docs/health-score.md).
+CLOSE_TO, WELL_BEYOND = 0.10, 0.50
+# The words that say which way a sentence points or what it is compared with. A reason shown
+# to a CS team must contain one (:func:`states_direction`); "Customer for 1,775 days" does not.
+DIRECTION_WORDS = re.compile(
+    r"\b(fell|rose|dropped|grew|increased|decreased|below|above|close to|typical|than|unlike|like most|compared with)\b",
+    re.IGNORECASE,
+)
+
+
+def states_direction(sentence: str) -> bool:
+    """Whether a reason says which way it pushes or compared with what (not a bare fact)."""
+    return bool(DIRECTION_WORDS.search(sentence))
+
+
+def compare_word(value: float, baseline: float) -> str:
+    """Where ``value`` sits against ``baseline``: well below, below, close to, above, well above.
+
+    Relative to the baseline's size (or the value's when the baseline is 0), so 3 tickets
+    against a typical 0 are "well above" and a sentiment of -0.30 against -0.25 "below"."""
+    scale = abs(baseline) or abs(value) or 1.0
+    rel = (value - baseline) / scale
+    if abs(rel) < CLOSE_TO:
+        return "close to"
+    if rel < 0:
+        return "well below" if rel <= -WELL_BEYOND else "below"
+    return "well above" if rel >= WELL_BEYOND else "above"
+
+
+def format_amount(value: float, unit: str) -> str:
+    """A baseline written the way the feature's sentence writes values of its unit."""
+    if unit == "ratio":
+        pct = abs(value) * 100
+        return f"{pct:.1f}%" if 0 < pct < 10 else f"{pct:.0f}%"
+    if unit in ("score", "points") and abs(value) < 10 and value != round(value):
+        return f"{value:+.2f}" if abs(value) <= 1 else f"{value:.1f}"
+    return f"{value:,.0f}" if abs(value) >= 10 or value == round(value) else f"{value:,.1f}"
 
 
 @dataclass(frozen=True)
@@ -64,6 +112,8 @@ class Feature:
     key: str = ""
     # Attributes: the canonical table the attribute belongs to (accounts or subscriptions).
     table: str = ""
+    role: Role = "signal"
+    compare: Comparison = "peers"
 
     @property
     def is_categorical(self) -> bool:
@@ -73,16 +123,64 @@ class Feature:
     def sources(self) -> tuple[str, ...]:
         return self.requires or FAMILY_SOURCES.get(self.family, ())
 
-    def explain(self, value: object) -> str:
-        """The plain-words sentence for this feature at ``value``."""
+    @property
+    def is_context(self) -> bool:
+        return self.role == "context"
+
+    def explain(self, value: object, baseline: object = None, peers: str | None = None) -> str:
+        """The plain-words sentence for this feature at ``value``: the catalogue's sentence,
+        then, for a signal compared with peers and a ``baseline`` given, where the value sits
+        against the typical value of ``peers`` ("..., well below the 65% typical for
+        mid-market accounts")."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return f"{self.description}: no data"
         if self.is_categorical:
-            return self.sentence.format(value=value)
+            fact = self.sentence.format(value=value)
+        else:
+            number = float(value)  # type: ignore[arg-type]
+            fact = self.sentence.format(
+                value=number, abs_value=abs(number), abs_pct=abs(number) * 100,
+                direction="fell" if number < 0 else "rose", onoff="on" if number else "off",
+            )
+        comparison = self.versus(value, baseline, peers)
+        return f"{fact}, {comparison}" if comparison else fact
+
+    def versus(self, value: object, baseline: object, peers: str | None) -> str | None:
+        """The comparison clause of :meth:`explain`, or None when there is nothing to compare."""
+        if self.is_context or self.compare != "peers" or baseline is None or peers is None or value is None:
+            return None
+        if self.is_categorical:
+            return f"like most {peers}" if value == baseline else f"unlike most {peers} ({baseline})"
+        number, typical = float(value), float(baseline)  # type: ignore[arg-type]
+        if math.isnan(number) or math.isnan(typical):
+            return None
+        if self.unit == "flag":
+            return f"like most {peers}" if (number >= 0.5) == (typical >= 0.5) else f"unlike most {peers}"
+        return f"{compare_word(number, typical)} the {format_amount(typical, self.unit)} typical for {peers}"
+
+    def risky_side(self, value: object, baseline: object) -> bool | None:
+        """Whether ``value`` lies on the side that raises risk for this feature (True), the
+        side that lowers it (False), or neither / unknown (None: a learned or categorical
+        feature, no baseline, or a value close to the baseline). A rise in usage is never on
+        the risky side; a fall never on the protective one."""
+        if self.risk_when not in ("higher", "lower") or value is None:
+            return None
         number = float(value)  # type: ignore[arg-type]
-        return self.sentence.format(
-            value=number, abs_pct=abs(number) * 100, direction="fell" if number < 0 else "rose", onoff="on" if number else "off"
-        )
+        if math.isnan(number):
+            return None
+        if self.compare == "change":
+            delta = number
+        else:
+            if baseline is None or math.isnan(float(baseline)):  # type: ignore[arg-type]
+                return None
+            if self.unit == "flag":
+                delta = (number >= 0.5) - (float(baseline) >= 0.5)  # type: ignore[arg-type]
+            else:
+                word = compare_word(number, float(baseline))  # type: ignore[arg-type]
+                delta = 0.0 if word == "close to" else number - float(baseline)  # type: ignore[arg-type]
+        if delta == 0:
+            return None
+        return (delta > 0) == (self.risk_when == "higher")
 
 
 F = Feature
@@ -101,9 +199,9 @@ CATALOGUE: tuple[Feature, ...] = (
     F("events_90d", "usage", "Product events in the last 90 days", "events", "lower",
       "{value:,.0f} product events in the last 90 days", 90),
     F("usage_trend_30d", "usage", "Change in events, last 30 days vs the 30 before", "ratio", "lower",
-      "Product usage {direction} {abs_pct:.0f}% over the last 30 days", 60),
+      "Product usage {direction} {abs_pct:.0f}% over the last 30 days", 60, compare="change"),
     F("active_users_trend_30d", "usage", "Change in active users, last 30 days vs the 30 before", "ratio", "lower",
-      "Active users {direction} {abs_pct:.0f}% over the last 30 days", 60),
+      "Active users {direction} {abs_pct:.0f}% over the last 30 days", 60, compare="change"),
     F("features_used_30d", "usage", "Distinct product features used in the last 30 days (adoption breadth)", "features", "lower",
       "{value:.0f} product features used in the last 30 days", 30),
     F("days_since_last_activity", "usage", "Full days since the last day with any product activity (0: used the day before)", "days", "higher",
@@ -137,7 +235,7 @@ CATALOGUE: tuple[Feature, ...] = (
     F("nps_category", "perception", "Category of the latest NPS answer", "category", "category",
       "Latest NPS answer is a {value}", 365, ("promoter", "passive", "detractor", "none")),
     F("nps_trend", "perception", "Latest NPS answer minus the one before", "points", "lower",
-      "NPS moved {value:+.0f} points since the previous answer", 365),
+      "NPS {direction} {abs_value:.0f} points since the previous answer", 365, compare="change"),
     F("ces_mean_90d", "perception", "Mean customer effort score (1-7, higher is harder), last 90 days", "score", "higher",
       "Customers rated effort {value:.1f} out of 7 recently", 90),
     F("comment_sentiment_90d", "perception", "Mean sentiment of survey comments (-1 to 1), last 90 days", "score", "lower",
@@ -152,26 +250,26 @@ CATALOGUE: tuple[Feature, ...] = (
       "{value:.0f} recent comments complained about onboarding", 90),
     # -- commercial ------------------------------------------------------------------
     F("arr", "commercial", "Annual recurring revenue", "currency", "lower",
-      "ARR is {value:,.0f}"),
+      "ARR is {value:,.0f}", role="context"),
     F("seats", "commercial", "Licensed seats", "seats", "lower",
-      "{value:.0f} licensed seats"),
+      "{value:.0f} licensed seats", role="context"),
     F("plan", "commercial", "Current plan", "category", "category",
-      "On the {value} plan"),
+      "On the {value} plan", role="context"),
     F("segment", "commercial", "Customer segment", "category", "category",
-      "A {value} customer"),
+      "A {value} customer", role="context"),
     F("days_to_renewal", "commercial", "Days until the next renewal (renewal date, term end or billing-cycle anniversary; empty when unknown)", "days", "lower",
-      "Renewal is due in {value:.0f} days"),
+      "Renewal is due in {value:.0f} days", role="context"),
     F("auto_renew", "commercial", "Whether the current term renews automatically (1 yes, 0 no)", "flag", "lower",
       "Auto-renew is {onoff}"),
     F("downgrades_365d", "commercial", "Renewals at lower ARR in the last 365 days", "renewals", "higher",
       "{value:.0f} downgrades in the last year", 365),
     # -- lifecycle -------------------------------------------------------------------
     F("tenure_days", "lifecycle", "Days since the account became a customer", "days", "lower",
-      "Customer for {value:,.0f} days"),
+      "Customer for {value:,.0f} days", role="context"),
     F("journey_stage", "lifecycle", "Onboarding (first 90 days), renewal window (90 days to renewal) or adoption", "category", "category",
-      "In the {value} stage", None, ("onboarding", "adoption", "renewal_window")),
+      "In the {value} stage", None, ("onboarding", "adoption", "renewal_window"), role="context"),
     F("days_to_first_value", "lifecycle", "Calendar days from becoming a customer to the first day of product activity", "days", "higher",
-      "Took {value:.0f} days to first product use", requires=("usage",)),
+      "Took {value:.0f} days to first product use", requires=("usage",), role="context"),
 )
 
 BY_NAME: dict[str, Feature] = {f.name: f for f in CATALOGUE}
@@ -182,6 +280,21 @@ CATEGORICAL: list[str] = [f.name for f in CATALOGUE if f.is_categorical]
 FEATURE_SET_VERSION = "3"
 
 SLUG_MAX = 40  # characters of a customer value kept in a feature name (names stay < 63, PostgreSQL's limit)
+
+
+def current_entry(feature: Feature) -> Feature:
+    """An entry as this churnflow words it, for a catalogue stored with an older model: a
+    static feature's entry from :data:`CATALOGUE` (sentence, role, comparison); a dynamic one
+    pickled before roles and comparisons existed gets them (a per-event-type trend is a
+    change, a category attribute is context). Wording only: which features exist is the
+    model's."""
+    if feature.origin == "static" and feature.name in BY_NAME:
+        return BY_NAME[feature.name]
+    if "role" in feature.__dict__:
+        return feature
+    trend = feature.origin == "event_type" and feature.unit == "ratio"
+    return replace(feature, role="context" if feature.origin == "attribute" and feature.is_categorical else "signal",
+                   compare="change" if trend else "peers")
 
 
 def family_of(name: str, catalogue: Iterable[Feature] = CATALOGUE) -> str:
@@ -233,7 +346,7 @@ def event_type_features(event_types: Sequence[str], taken: Iterable[str] = FEATU
             Feature(n30, "usage", f"'{label}' events in the last 30 days", "events", "learned",
                     f"{{value:,.0f}} '{label}' events in the last 30 days", 30, **common),
             Feature(trend, "usage", f"Change in '{label}' events, last 30 days vs the 30 before", "ratio", "learned",
-                    f"'{label}' events {{direction}} {{abs_pct:.0f}}% over the last 30 days", 60, **common),
+                    f"'{label}' events {{direction}} {{abs_pct:.0f}}% over the last 30 days", 60, compare="change", **common),
             Feature(n90, "usage", f"'{label}' events in the last 90 days", "events", "learned",
                     f"{{value:,.0f}} '{label}' events in the last 90 days", 90, **common),
         ]
@@ -271,6 +384,8 @@ def attribute_features(attributes: Sequence[AttributeSpec], taken: Iterable[str]
             name, "commercial" if spec.table == "subscriptions" else "lifecycle", description,
             "category" if categorical else "value", risk, spec.sentence or default_sentence,
             origin="attribute", key=spec.name, table=spec.table,
+            # A category attribute says who the customer is (industry, channel): context.
+            role="context" if categorical else "signal",
         )
         if not _sentence_works(feature):
             log.warning("attribute %r: sentence %r does not format; using %r", spec.name, spec.sentence, default_sentence)
@@ -306,6 +421,22 @@ def families_of(catalogue: Iterable[Feature]) -> tuple[str, ...]:
 
 
 _EXAMPLE_LABELS = {"plan": "growth", "segment": "mid_market"}  # docs only: values come from the book
+_EXAMPLE_PEERS = "mid-market accounts"
+
+
+def _example(feature: Feature) -> str:
+    """The docs' example sentence: a change of -42%, else a value against a typical one."""
+    if feature.is_categorical:
+        label = feature.categories[0] if feature.categories else _EXAMPLE_LABELS.get(feature.name, "x")
+        return feature.explain(label, label, _EXAMPLE_PEERS)
+    if feature.compare == "change":
+        return feature.explain(-0.42)
+    value, typical = (0.28, 0.65) if feature.unit == "ratio" else (0.0, 1.0) if feature.unit == "flag" else (3, 5)
+    return feature.explain(value, typical, _EXAMPLE_PEERS)
+
+
+def _shown_as(feature: Feature) -> str:
+    return "context" if feature.is_context else "reason: vs peers" if feature.compare == "peers" else "reason: change"
 
 
 def features_markdown() -> str:
@@ -321,19 +452,24 @@ def features_markdown() -> str:
         "neither computed nor given to the model), plus the dynamic ones at the end. At training,",
         "features that are constant or all missing on the fit slice are dropped and reported.",
         "",
+        "*Shown as*: a **reason** says which way it points and compared with what: against the",
+        "typical (median) value of the account's peers on the same as-of date (*vs peers*), or by",
+        "the sign of a change (*change*); a **context** fact (tenure, ARR, plan, renewal date) is",
+        "shown beside the reasons, never as one. See `docs/health-score.md`.",
+        "",
     ]
     for family in FAMILIES:
         source = ", ".join(FAMILY_SOURCES.get(family, ())) or ("subscriptions" if family == "commercial" else "accounts")
         lines += [f"## {family}", "", f"Source: `{source}`.", "",
-                  "| feature | window | unit | risk rises when | description | example sentence |", "|---|---|---|---|---|---|"]
+                  "| feature | window | unit | risk rises when | shown as | description | example sentence |", "|---|---|---|---|---|---|---|"]
         for f in CATALOGUE:
             if f.family != family:
                 continue
-            example = f.explain(f.categories[0] if f.categories else (_EXAMPLE_LABELS.get(f.name, "x") if f.is_categorical else (-0.42 if f.unit == "ratio" else 3)))
+            example = _example(f)
             window = f"{f.window_days} d" if f.window_days else "-"
             extra = [t for t in f.sources if t not in FAMILY_SOURCES.get(f.family, ())]
             description = f.description + (f" (needs `{'`, `'.join(extra)}`)" if extra else "")
-            lines.append(f"| `{f.name}` | {window} | {f.unit} | {f.risk_when} | {description} | {example} |")
+            lines.append(f"| `{f.name}` | {window} | {f.unit} | {f.risk_when} | {_shown_as(f)} | {description} | {example} |")
         lines.append("")
     example = event_type_features(["unfriend"])
     lines += [
@@ -349,12 +485,11 @@ def features_markdown() -> str:
         "in advance (likes and dislikes), so risk rises when is *learned*: the sentence states the",
         "fact and the model's SHAP sign decides if it is shown as a risk or a protective driver.",
         "",
-        "| feature | window | unit | risk rises when | description | example sentence (type `unfriend`) |",
-        "|---|---|---|---|---|---|",
+        "| feature | window | unit | risk rises when | shown as | description | example sentence (type `unfriend`) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f, pattern in zip(example, ("events_<type>_30d", "events_<type>_trend_30d", "events_<type>_90d")):
-        value = -0.42 if f.unit == "ratio" else 3
-        lines.append(f"| `{pattern}` | {f.window_days} d | {f.unit} | {f.risk_when} | {f.description.replace('unfriend', '<type>')} | {f.explain(value)} |")
+        lines.append(f"| `{pattern}` | {f.window_days} d | {f.unit} | {f.risk_when} | {_shown_as(f)} | {f.description.replace('unfriend', '<type>')} | {_example(f)} |")
     lines += [
         "",
         "**Mapped attributes** (`attributes:` in the mapping, values in `account_attributes`). An",
@@ -362,7 +497,7 @@ def features_markdown() -> str:
         "account's main active subscription at D) a commercial one. `kind: number` gives a float,",
         "`kind: category` a categorical; the sentence and `risk_when` come from the mapping",
         "(numbers without `risk_when` are *learned*). A name taken by another feature gets an",
-        "`attr_` prefix.",
+        "`attr_` prefix. A number is a reason compared with peers; a category is context.",
         "",
         "**Categories** of categorical features (plan, segment, NPS category, journey stage,",
         "category attributes) are the values seen in the fit slice on at least max(20, 1% of its",

@@ -22,6 +22,7 @@ from churnflow.settings import Settings
 from flows import tasks
 from flows.notify import FAILURE_HOOKS
 from models import score as score_stage
+from models.explain import peer_baselines
 
 
 def _top_risk_table(scores: pd.DataFrame, rows: int = 15) -> list[dict[str, object]]:
@@ -53,10 +54,12 @@ def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, a
         fingerprint, stored = tasks.find_stored_scores(settings, day, features, inputs)
         if stored is not None:
             return stored
+    baselines = peer_baselines(inputs.loaded.model, features)  # the day's, shared by every partition
     parts = score_stage.split_partitions(features, settings.score_partitions)
     with tasks.task_runner(settings) as runner:
         futures = [
-            runner.submit(tasks.score_partition, parameters={"settings": settings, "as_of": day, "features": part, "inputs": inputs})
+            runner.submit(tasks.score_partition, parameters={"settings": settings, "as_of": day, "features": part, "inputs": inputs,
+                                                             "baselines": baselines})
             for part in parts
         ]
         results = [future.result() for future in futures]

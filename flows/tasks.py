@@ -37,6 +37,7 @@ from churnflow.warehouse import get_engine
 from crm_sync import sync as crm_stage
 from features import build as feature_stage
 from models import monitor as monitor_stage, score as score_stage, train as train_stage
+from models.explain import PeerBaselines
 from models.registry import LoadedModel, load_model
 
 WAREHOUSE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30]}
@@ -151,6 +152,7 @@ def prepare_scoring(settings: Settings, as_of: date) -> ScoringInputs:
     engine = get_engine(settings.warehouse)
     loaded = load_model(settings)
     get_run_logger().info("scoring with %s v%s", loaded.name, loaded.version)
+    score_stage.reexpress_old_scores(engine, settings, loaded)  # trends compare like with like
     return ScoringInputs(
         loaded=loaded, previous_health=score_stage.previous_health(engine, as_of), overrides=score_stage.active_overrides(engine, as_of),
         scored_at=pd.Timestamp(datetime.now().replace(microsecond=0)),
@@ -177,8 +179,10 @@ def find_stored_scores(settings: Settings, as_of: date, features: pd.DataFrame, 
 
 
 @task(name="score-partition", cache_policy=NO_CACHE)
-def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs) -> pd.DataFrame:
+def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inputs: ScoringInputs,
+                    baselines: PeerBaselines | None = None) -> pd.DataFrame:
     """Compute (not store) the scores of one partition of the accounts: pure, no warehouse access.
+    ``baselines``: the day's peer baselines, of every account (not of this partition).
 
     Each partition works on its own copy of the model: a LightGBM Booster is not safe for
     concurrent predictions with different iteration ranges (TreeSHAP predicts tree by
@@ -186,7 +190,8 @@ def score_partition(settings: Settings, as_of: date, features: pd.DataFrame, inp
     """
     loaded = copy.deepcopy(inputs.loaded)
     scores = score_stage.compute_scores(
-        None, settings, as_of, features, loaded, inputs.previous_health, overrides=inputs.overrides, scored_at=inputs.scored_at
+        None, settings, as_of, features, loaded, inputs.previous_health, overrides=inputs.overrides, scored_at=inputs.scored_at,
+        baselines=baselines,
     )
     get_run_logger().info("partition scored: %d accounts", len(scores))
     return scores

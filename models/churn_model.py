@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import as_model_frame
-from features.catalogue import CATALOGUE, Feature, families_of
+from features.catalogue import CATALOGUE, Feature, current_entry, families_of
 
 
 @dataclass
@@ -68,6 +68,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         """A model pickled before catalogues and learned categories were stored: the static
         entries of its features, and the booster's own categories (see :meth:`_categories`)."""
         state.setdefault("catalogue", tuple(f for f in CATALOGUE if f.name in state.get("feature_names", [])))
+        state["catalogue"] = tuple(current_entry(f) for f in state["catalogue"])  # today's wording, roles and comparisons
         state.setdefault("categories", None)
         state.setdefault("dropped_features", {})
         self.__dict__.update(state)

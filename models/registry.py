@@ -113,7 +113,18 @@ def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
     return LoadedModel(model, settings.model_name, str(found.version), str(found.run_id or ""), _base_rate(client, model, found))
 
 
-def _base_rate(client: MlflowClient, model: ChurnModel, version: object) -> float | None:
+def version_base_rate(settings: Settings, name: str, version: str) -> float | None:
+    """The training base rate of a registered model version (from its tags or run), without
+    loading the model; None when the version or its rate is gone."""
+    client = configure_mlflow(settings)
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException:
+        return None
+    return _base_rate(client, None, found)
+
+
+def _base_rate(client: MlflowClient, model: ChurnModel | None, version: object) -> float | None:
     """The model's training base rate: on the model, else the version tag, else the run's
     fit_churn_rate parameter (models trained before the rate travelled with them)."""
     rate = getattr(model, "base_rate", None)

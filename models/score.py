@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -22,11 +23,11 @@ from churnflow.errors import InvalidValueError, UnknownAccountError
 from churnflow.fingerprint import frame_digest, source_version
 from churnflow.schema import ACCOUNT_SCORES, BAND_OVERRIDES, SCORE_BUILDS
 from churnflow.settings import Settings
-from churnflow.vocabulary import BANDS
+from churnflow.vocabulary import BANDS, FAMILIES
 from churnflow.warehouse import ensure_table, insert_frame, read_sql, replace_rows, table_exists
 from features.build import DEFAULT_EVENT_TYPES_TOP, features_for, materialize_features
-from models.explain import contributions, drivers, family_scores
-from models.registry import LoadedModel, load_model
+from models.explain import PeerBaselines, contributions, drivers, family_scores, peer_baselines
+from models.registry import LoadedModel, load_model, version_base_rate
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,40 @@ TREND_DAYS = (7, 30)
 DELETE_BATCH = 500  # account ids per DELETE ... IN (...) statement
 
 
-def health_score(p_churn: np.ndarray) -> np.ndarray:
-    """0-100, higher is healthier."""
-    return np.rint(100 * (1 - np.asarray(p_churn))).astype(int)
+# The health scale (docs/health-score.md). Version 1, stored before the scale had a
+# version (health_scale empty), was round(100 * (1 - p_churn)): "health 80" could be red.
+HEALTH_SCALE = 2
+# Health at the probability anchors p = 0, yellow cut-off, red cut-off, 1; linear between.
+HEALTH_ANCHORS = (100.0, 70.0, 40.0, 0.0)
+# The whole numbers each band's health lies in: the number and the colour never disagree.
+BAND_HEALTH: dict[str, tuple[int, int]] = {"green": (70, 100), "yellow": (40, 69), "red": (0, 39)}
+
+
+def band_of(p_churn: np.ndarray, red: float, yellow: float) -> np.ndarray:
+    """green, yellow or red: p_churn at or above ``red`` is red, at or above ``yellow`` yellow."""
+    p = np.asarray(p_churn, dtype=float)
+    return np.select([p >= red, p >= yellow], ["red", "yellow"], default="green")
+
+
+def health_score(p_churn: np.ndarray, red: float | np.ndarray, yellow: float | np.ndarray) -> np.ndarray:
+    """0-100, higher is healthier: a monotone transform of the calibrated probability whose
+    band cut-offs land at fixed points, so "health 80" is green wherever the bands are.
+
+    Piecewise linear in p_churn through (0, 100), (yellow, 70), (red, 40), (1, 0), rounded
+    to the nearest whole number inside the account's band (green 70-100, yellow 40-69,
+    red 0-39): an account exactly at a cut-off gets its band's edge (yellow at p = yellow:
+    69). Non-increasing in p_churn for any thresholds 0 < yellow <= red < 1. The thresholds
+    may be arrays (one pair per row, e.g. history scored by several models).
+    """
+    p = np.clip(np.asarray(p_churn, dtype=float), 0.0, 1.0)
+    red, yellow = np.asarray(red, dtype=float), np.asarray(yellow, dtype=float)
+    top, at_yellow, at_red, bottom = HEALTH_ANCHORS
+    raw = np.where(p < yellow, _ramp(p, 0.0, yellow, top, at_yellow),
+                   np.where(p < red, _ramp(p, yellow, red, at_yellow, at_red), _ramp(p, red, 1.0, at_red, bottom)))
+    bands = band_of(p, red, yellow)
+    low = np.select([bands == b for b in BAND_HEALTH], [lo for lo, _ in BAND_HEALTH.values()])
+    high = np.select([bands == b for b in BAND_HEALTH], [hi for _, hi in BAND_HEALTH.values()])
+    return np.clip(np.rint(raw), low, high).astype(int)
 
 
 def band_thresholds(settings: Settings, base_rate: float | None) -> tuple[float, float]:
@@ -54,10 +86,16 @@ def band_thresholds(settings: Settings, base_rate: float | None) -> tuple[float,
     return min(settings.red_base_rate_multiple * base_rate, 0.999), min(settings.yellow_base_rate_multiple * base_rate, 0.999)
 
 
+def _ramp(x: np.ndarray, x0: np.ndarray | float, x1: np.ndarray | float, h0: float, h1: float) -> np.ndarray:
+    """Linear from (x0, h0) to (x1, h1); h0 on an empty segment."""
+    x0, x1 = np.asarray(x0, dtype=float), np.asarray(x1, dtype=float)
+    span = np.where(x1 > x0, x1 - x0, 1.0)
+    return h0 + (h1 - h0) * np.clip((x - x0) / span, 0.0, 1.0)
+
+
 def band(p_churn: np.ndarray, settings: Settings, base_rate: float | None = None) -> np.ndarray:
     red, yellow = band_thresholds(settings, base_rate)
-    p = np.asarray(p_churn)
-    return np.select([p >= red, p >= yellow], ["red", "yellow"], default="green")
+    return band_of(p_churn, red, yellow)
 
 
 def load_features(engine: sa.Engine, as_of: date, event_types_top: int = DEFAULT_EVENT_TYPES_TOP) -> pd.DataFrame:
@@ -72,7 +110,7 @@ TREND_TOLERANCE_DAYS = 6
 def _previous_health(engine: sa.Engine, as_of: date, days: int) -> pd.Series:
     """Health ``days`` before ``as_of``: from that day's scores, or, when that day was not
     scored (weekly scoring, a missed run), from the latest scored day up to six days earlier."""
-    if not table_exists(engine, SCORES_TABLE):
+    if not table_exists(engine, SCORES_TABLE) or not _has_scale_column(engine):
         return pd.Series(dtype=float)
     then = datetime.combine(as_of - timedelta(days=days), datetime.min.time())
     day = read_sql(
@@ -82,8 +120,64 @@ def _previous_health(engine: sa.Engine, as_of: date, days: int) -> pd.Series:
     ).loc[0, "d"]
     if day is None or pd.isna(day):
         return pd.Series(dtype=float)
-    prev = read_sql(engine, f"SELECT account_id, health_score FROM {SCORES_TABLE} WHERE as_of_date = :d", {"d": pd.Timestamp(day).to_pydatetime()})
+    # Only health on today's scale: a row not yet re-expressed gives no trend rather than a jump.
+    prev = read_sql(engine, f"SELECT account_id, health_score FROM {SCORES_TABLE} WHERE as_of_date = :d AND health_scale = :scale",
+                    {"d": pd.Timestamp(day).to_pydatetime(), "scale": HEALTH_SCALE})
     return prev.set_index("account_id")["health_score"].astype(float)
+
+
+def _has_scale_column(engine: sa.Engine) -> bool:
+    return "health_scale" in {c["name"] for c in sa.inspect(engine).get_columns(SCORES_TABLE)}
+
+
+def reexpress_old_scores(engine: sa.Engine, settings: Settings, loaded: LoadedModel) -> int:
+    """Re-express history stored on the old scale (health_scale empty) on today's, so trends,
+    sparklines and every other reader compare like with like. Returns the rows rewritten.
+
+    Stored rows keep p_churn, so health is recomputed from it with the thresholds the row was
+    banded with: its own (when stored), else those of the model version that scored it (its
+    base rate in the registry, today's multiples), else the serving model's. The health is then
+    kept inside the band the model gave the row (``model_band``), so a re-expressed row never
+    disagrees with its stored colour. Sub-scores were stored rounded: they are re-expressed
+    from the probability their value stands for (1 - score / 100), within a point or two.
+    """
+    if not table_exists(engine, SCORES_TABLE):
+        return 0
+    ensure_table(engine, SCORES_TABLE, pd.DataFrame(columns=ACCOUNT_SCORES.column_names))  # adds the scale columns
+    old = read_sql(engine, f"SELECT * FROM {SCORES_TABLE} WHERE health_scale IS NULL")
+    if old.empty:
+        return 0
+    serving = band_thresholds(settings, loaded.base_rate)
+    by_version: dict[tuple[str, str], tuple[float, float]] = {}
+    for name, version in old[["model_name", "model_version"]].drop_duplicates().itertuples(index=False):
+        rate = loaded.base_rate if (name, str(version)) == (loaded.name, loaded.version) else version_base_rate(settings, name, str(version))
+        by_version[(name, version)] = band_thresholds(settings, rate) if rate is not None else serving
+    thresholds = np.array([by_version[(n, v)] for n, v in zip(old["model_name"], old["model_version"])], dtype=float)
+    stored = old[["red_threshold", "yellow_threshold"]].to_numpy(dtype=float)
+    thresholds = np.where(np.isnan(stored), thresholds, stored)
+    red, yellow = thresholds[:, 0], thresholds[:, 1]
+    out = old.copy()
+    out["health_score"] = _health_in_band(old["p_churn"].to_numpy(dtype=float), red, yellow, old["model_band"])
+    for family in FAMILIES:
+        column = f"{family}_score"
+        known = old[column].notna().to_numpy()
+        if known.any():
+            p_family = 1 - old.loc[known, column].to_numpy(dtype=float) / 100
+            out.loc[known, column] = health_score(p_family, red[known], yellow[known])
+    out["red_threshold"], out["yellow_threshold"], out["health_scale"] = red, yellow, HEALTH_SCALE
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {SCORES_TABLE} WHERE health_scale IS NULL"))
+        insert_frame(conn, SCORES_TABLE, out[ACCOUNT_SCORES.column_names])
+    log.info("re-expressed %d stored scores on health scale %d (were round(100 * (1 - p_churn)))", len(out), HEALTH_SCALE)
+    return len(out)
+
+
+def _health_in_band(p: np.ndarray, red: np.ndarray, yellow: np.ndarray, bands: pd.Series) -> np.ndarray:
+    """health_score per row with per-row thresholds, kept inside the row's stored band."""
+    health = health_score(p, red, yellow)
+    low = bands.map({b: lo for b, (lo, _) in BAND_HEALTH.items()}).fillna(0).to_numpy(dtype=int)
+    high = bands.map({b: hi for b, (_, hi) in BAND_HEALTH.items()}).fillna(100).to_numpy(dtype=int)
+    return np.clip(health, low, high)
 
 
 def active_overrides(engine: sa.Engine, as_of: date) -> pd.DataFrame:
@@ -158,14 +252,17 @@ def compute_scores(
     *,
     overrides: pd.DataFrame | None = None,
     scored_at: pd.Timestamp | None = None,
+    baselines: PeerBaselines | None = None,
 ) -> pd.DataFrame:
     """Score and explain the given feature rows. Pure: reads (only when ``engine`` is given
     and ``previous_health`` / ``overrides`` are not), never writes.
 
-    Each row depends only on its own features, the model, its own previous health and its
-    own override, so scoring any partition of the accounts gives the same rows as scoring
-    all of them at once. Pass ``engine=None`` with ``previous_health`` and ``overrides``
-    (e.g. on a remote worker without warehouse access).
+    Each row depends only on its own features, the model, its own previous health, its own
+    override and the day's peer ``baselines``, so scoring any partition of the accounts gives
+    the same rows as scoring all of them at once when the day's baselines are passed
+    (:func:`models.explain.peer_baselines` of every account; default: of ``features``).
+    Pass ``engine=None`` with ``previous_health`` and ``overrides`` (e.g. on a remote worker
+    without warehouse access).
     """
     features = features.reset_index(drop=True)
     if previous_health is None:
@@ -175,16 +272,17 @@ def compute_scores(
     if not len(features):
         return pd.DataFrame(columns=ACCOUNT_SCORES.column_names)
     model = loaded.model
+    red, yellow = band_thresholds(settings, loaded.base_rate)
     p = model.predict_proba(features)
     shap_values = contributions(model, features, settings.explain_chunk_rows)
-    explained = drivers(model, features, shap_values, settings.top_drivers)
+    explained = drivers(model, features, shap_values, settings.top_drivers, baselines)
     scores = pd.DataFrame(
         {
             "as_of_date": pd.Timestamp(as_of),
             "account_id": features["account_id"].to_numpy(),
             "p_churn": p,
-            "health_score": health_score(p),
-            "band": band(p, settings, loaded.base_rate),
+            "health_score": health_score(p, red, yellow),
+            "band": band_of(p, red, yellow),
             "arr": features["arr"].fillna(0).to_numpy(),
         }
     )
@@ -192,7 +290,9 @@ def compute_scores(
     for days in TREND_DAYS:
         prev = previous_health.get(days, pd.Series(dtype=float))
         scores[f"health_change_{days}d"] = scores["health_score"] - scores["account_id"].map(prev).astype(float)
-    scores = pd.concat([scores, explained.reset_index(drop=True), family_scores(model, shap_values)], axis=1)
+    to_health = partial(health_score, red=red, yellow=yellow)  # sub-scores on the same scale
+    scores = pd.concat([scores, explained.reset_index(drop=True), family_scores(model, shap_values, to_health)], axis=1)
+    scores["health_scale"], scores["red_threshold"], scores["yellow_threshold"] = HEALTH_SCALE, red, yellow
     scores = apply_overrides(scores, overrides)
     scores["model_name"] = loaded.name
     scores["model_version"] = loaded.version
@@ -308,6 +408,8 @@ def score_accounts(
     loaded = loaded or load_model(settings)
     features = load_features(engine, as_of, settings.usage_event_types_top) if features is None else features
     features = features_for(engine, as_of, features, loaded.model.catalogue, loaded.model.feature_names)
+    baselines = peer_baselines(loaded.model, features)  # of every account, also when scoring a few
+    reexpress_old_scores(engine, settings, loaded)
     health, overrides, fingerprint = previous_health(engine, as_of), active_overrides(engine, as_of), None
     if accounts is not None:
         wanted = {str(a) for a in accounts}
@@ -321,7 +423,7 @@ def score_accounts(
         if reused is not None:
             log.info("scores as of %s: %d accounts, reused (computed from the same inputs)", as_of, len(reused))
             return reused
-    scores = compute_scores(engine, settings, as_of, features, loaded, health, overrides=overrides)
+    scores = compute_scores(engine, settings, as_of, features, loaded, health, overrides=overrides, baselines=baselines)
     store_scores(engine, scores, as_of, accounts=accounts, fingerprint=fingerprint)
     log_scores(scores, as_of)
     return scores

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 from datetime import date
+from functools import partial
 
 import mlflow
 import numpy as np
@@ -21,7 +22,7 @@ from features.catalogue import CATALOGUE, feature_catalogue
 from models.churn_model import ChurnModel
 from models.explain import contributions, drivers, family_scores
 from models.registry import CHALLENGER, LoadedModel, load_model
-from models.score import score_accounts
+from models.score import health_score, score_accounts
 from models.train import TrainResult, fit_model, holdout_rows, train
 
 DAY = date(2026, 10, 1)
@@ -149,4 +150,5 @@ def test_a_model_pickled_before_catalogues_still_scores(trained: tuple[Settings,
     np.testing.assert_allclose(old.predict_proba(hold), model.predict_proba(hold))
     shap_values = contributions(model, hold)
     explained = drivers(model, hold, shap_values)
-    assert len(explained) == len(hold) and family_scores(model, shap_values)["perception_score"].isna().all()
+    to_health = partial(health_score, red=0.12, yellow=0.04)
+    assert len(explained) == len(hold) and family_scores(model, shap_values, to_health)["perception_score"].isna().all()

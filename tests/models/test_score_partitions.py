@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
+from models.explain import peer_baselines
 from models.registry import load_model
 from models.score import (
     active_overrides, compute_scores, load_features, merge_partitions, partition_of, previous_health, score_accounts,
@@ -99,8 +100,9 @@ def test_partitioned_scoring_equals_the_sequential_run(home: Settings) -> None:
 
     health, overrides = previous_health(engine, DAY), active_overrides(engine, DAY)
     stamp = sequential["scored_at"].iloc[0]
+    baselines = peer_baselines(loaded.model, features)  # the day's, from every account
     parts = [
-        compute_scores(None, home, DAY, part, loaded, health, overrides=overrides, scored_at=stamp)
+        compute_scores(None, home, DAY, part, loaded, health, overrides=overrides, scored_at=stamp, baselines=baselines)
         for part in split_partitions(features, 3)
     ]
     merged = merge_partitions(parts, features["account_id"])
