@@ -294,12 +294,17 @@ def _react_runs(api_url: str, since: datetime) -> list[dict[str, Any]]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    runs: list[Any] = []
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["react"])),
-            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=pd.Timestamp(since, tz="UTC").to_pydatetime())),
-            limit=5000,
-        )
+        while True:  # the API pages by 200 at most
+            page = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["react"])),
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=pd.Timestamp(since, tz="UTC").to_pydatetime())),
+                limit=200, offset=len(runs),
+            )
+            runs += page
+            if len(page) < 200:
+                break
     return [{"account_id": r.parameters.get("account_id"), "state": r.state.type.value if r.state else None,
              "triggered_at": r.parameters.get("triggered_at"), "created": r.created} for r in runs]
 
