@@ -469,6 +469,7 @@ def bench_events_cmd(
     intake_url: Annotated[Optional[str], typer.Option(help="A running intake, e.g. http://127.0.0.1:8787 (default: start one; needs CHURNFLOW_EVENTS_SECRET).")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the react deployment (python -m flows.serve --only react); --no-serve if yours runs it.")] = True,
     limit: Annotated[int, typer.Option(help="React runs the served deployment executes at once.")] = 4,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the burst's reactions to finish.")] = 600,
 ) -> None:
     """Latency and load of the event reaction path on a running stack (docs/events.md); needs a loaded book and a champion."""
     from events.bench import bench_events
@@ -476,7 +477,7 @@ def bench_events_cmd(
     settings = _settings()
     console.print_json(json.dumps(bench_events(settings, settings.home_dir / "bench" / "events", events=events, interval=interval,
                                                burst_events=burst_events, burst_accounts=burst_accounts, api_url=api_url,
-                                               intake_url=intake_url, serve=serve, serve_limit=limit), default=str))
+                                               intake_url=intake_url, serve=serve, serve_limit=limit, timeout=timeout), default=str))
 
 
 @app.command("crm-pull")

@@ -270,11 +270,13 @@ def measure_latency(stack: Stack, settings: Settings, accounts: list[str], crm_i
 
 
 def burst_payloads(accounts: list[str], events: int, day: date, run_tag: str, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
-    """``events`` events spread evenly over ``accounts``: NPS answers, Zendesk ticket events, product failures."""
+    """``events`` events spread evenly over ``accounts``, each account's events one after the
+    other (as a help desk sends a ticket's updates): NPS answers, Zendesk ticket events, product failures."""
     rng = random.Random(seed)
     out = []
+    per_account = -(-events // len(accounts))
     for i in range(events):
-        account = accounts[i % len(accounts)]
+        account = accounts[i // per_account]
         event_id = f"{run_tag}-burst-{i}"
         at = f"{day}T{8 + i % 12:02d}:{i % 60:02d}:00Z"
         kind = i % 3

@@ -20,7 +20,7 @@ from crm_sync.client import connect
 from events.bench import debounce_seconds, event_day, event_stack, max_runs_per_window, post, reachable_accounts, wait_reactions
 from events.samples import signed, typeform_response, zendesk_ticket
 from flows.react import reaction_as_of
-from tests.helpers import copy_duckdb_warehouse, free_port
+from tests.flows.test_react import private_trained_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 
@@ -41,13 +41,7 @@ def test_burst_over_http_reaches_the_crm_through_the_trigger_once(prefect_server
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.settings import get_current_settings
 
-    url = copy_duckdb_warehouse(trained_home.warehouse, tmp_path / "warehouse.duckdb")
-    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CHURNFLOW_WAREHOUSE_URL", url)
-    monkeypatch.setenv("CHURNFLOW_MLFLOW_TRACKING_URI", trained_home.tracking_uri)
-    monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(free_port()))
-    settings = Settings()
-    settings.ensure_home()
+    settings, url = private_trained_home(trained_home, tmp_path, monkeypatch)
     engine = get_engine(url)
     day = event_day(engine)
     account = reachable_accounts(engine, day)[0]
