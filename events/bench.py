@@ -363,7 +363,7 @@ def measure_burst(stack: Stack, engine: sa.Engine, accounts: list[str], events: 
     return {"events": events, "accounts": len(accounts), "post_s": round(post_seconds, 1), "http_status": {str(k): int(v) for k, v in statuses.items()},
             "acknowledged": len(acked), "in_inbox": int(len(stored)), "lost": len(set(acked) - stored),
             "applied": int((inbox["status"] == "applied").sum()), "pending": int((inbox["status"] != "applied").sum()),
-            "reactions_run": len(runs), "reactions_failed": sum(1 for r in runs if r["state"] != "COMPLETED"),
+            "reactions_triggered": len(runs), "reactions_by_state": pd.Series([r["state"] for r in runs], dtype=object).value_counts().to_dict(),
             "reactions_per_account": {"min": int(per_account.min()) if len(per_account) else 0, "max": int(per_account.max()) if len(per_account) else 0},
             "max_reactions_per_account_per_window": max_runs_per_window(runs, window_seconds), "window_s": window_seconds}
 
