@@ -307,8 +307,9 @@ def _react_runs(api_url: str, since: datetime) -> list[dict[str, Any]]:
             runs += page
             if len(page) < 200:
                 break
-    return [{"account_id": r.parameters.get("account_id"), "state": r.state.type.value if r.state else None,
-             "triggered_at": r.parameters.get("triggered_at"), "created": r.created} for r in runs]
+    unique = {r.id: r for r in runs}  # pages of a growing list can overlap
+    return [{"id": str(r.id), "account_id": r.parameters.get("account_id"), "state": r.state.type.value if r.state else None,
+             "triggered_at": r.parameters.get("triggered_at"), "created": r.created} for r in unique.values()]
 
 
 def wait_reactions(stack: Stack, since: datetime, accounts: set[str], timeout: float) -> list[dict[str, Any]]:
