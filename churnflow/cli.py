@@ -462,6 +462,27 @@ def bench_ingest_cmd(
         console.print_json(json.dumps(bench_ingest(Path(work), events=events, whole=whole)))
 
 
+@bench_app.command("events")
+def bench_events_cmd(
+    events: Annotated[int, typer.Option(help="Detractor surveys timed from the HTTP acknowledgement to the Task and health fields in the CRM (one account each).")] = 20,
+    interval: Annotated[float, typer.Option(help="Seconds between the timed events.")] = 3.0,
+    burst_events: Annotated[int, typer.Option(help="Events posted at once after the timed ones (0: no burst).")] = 1000,
+    burst_accounts: Annotated[int, typer.Option(help="Accounts the burst is spread over.")] = 100,
+    api_url: Annotated[Optional[str], typer.Option(help="A running Prefect server's API URL (default: start one).")] = None,
+    intake_url: Annotated[Optional[str], typer.Option(help="A running intake, e.g. http://127.0.0.1:8787 (default: start one; needs CHURNFLOW_EVENTS_SECRET).")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the react deployment (python -m flows.serve --only react); --no-serve if yours runs it.")] = True,
+    limit: Annotated[int, typer.Option(help="React runs the served deployment executes at once.")] = 4,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the burst's reactions to finish.")] = 600,
+) -> None:
+    """Latency and load of the event reaction path on a running stack (docs/events.md); needs a loaded book and a champion."""
+    from events.bench import bench_events
+
+    settings = _settings()
+    console.print_json(json.dumps(bench_events(settings, settings.home_dir / "bench" / "events", events=events, interval=interval,
+                                               burst_events=burst_events, burst_accounts=burst_accounts, api_url=api_url,
+                                               intake_url=intake_url, serve=serve, serve_limit=limit, timeout=timeout), default=str))
+
+
 @app.command("crm-pull")
 def crm_pull_cmd() -> None:
     """Read account owners (and renewal dates, if a field is configured) back from the CRM."""

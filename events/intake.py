@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8787
 REDELIVER_AFTER = timedelta(seconds=60)
 REDELIVER_EVERY_SECONDS = 30.0
+REDELIVER_BACKOFF_MAX = timedelta(minutes=30)
 
 
 def _utcnow() -> datetime:
@@ -66,6 +67,7 @@ class Intake:
         self._secrets = secrets
         self.publish_events = publish_events
         self._lock = threading.Lock() if self.engine.dialect.name == "duckdb" else None
+        self._backoff: dict[str, tuple[datetime, int]] = {}  # account -> (next re-publish, rounds so far)
         inbox.ensure_inbox(self.engine)
         self._release()
 
@@ -117,20 +119,34 @@ class Intake:
         return 202, {"status": "accepted", "event_id": event.event_id, "account_id": event.account_id, "kind": event.kind,
                      "table": event.table, "received_at": now.isoformat()}
 
-    def redeliver(self, older_than: timedelta = REDELIVER_AFTER) -> int:
-        """Publish again the events still unapplied after ``older_than`` (one per account)."""
+    def redeliver(self, older_than: timedelta = REDELIVER_AFTER, now: datetime | None = None) -> int:
+        """Publish again the events still unapplied after ``older_than`` (one per account).
+
+        Per account the wait doubles after each re-publish (up to :data:`REDELIVER_BACKOFF_MAX`):
+        under a backlog the events are unapplied only because their reaction is queued, and
+        re-publishing every round would queue another run per account each time (the burst
+        benchmark saw it). A restarted intake starts over: its first round re-publishes all."""
+        now = now or _utcnow()
         if self._lock is not None:
             with self._lock:
-                stale = inbox.stale_pending(self.engine, older_than)
+                stale = inbox.stale_pending(self.engine, older_than, now)
                 self._release()
         else:
-            stale = inbox.stale_pending(self.engine, older_than)
+            stale = inbox.stale_pending(self.engine, older_than, now)
         latest = stale.drop_duplicates("account_id", keep="last")
+        self._backoff = {a: due for a, due in self._backoff.items() if a in set(latest["account_id"].astype(str))}
+        sent = 0
         for row in latest.itertuples():
-            publish(str(row.event_id), str(row.account_id), str(row.kind), str(row.source))
-        if len(latest):
-            log.info("re-published %d account(s) with %d unapplied event(s)", len(latest), len(stale))
-        return len(latest)
+            account = str(row.account_id)
+            due, rounds = self._backoff.get(account, (now, 0))
+            if now < due:
+                continue
+            publish(str(row.event_id), account, str(row.kind), str(row.source))
+            self._backoff[account] = (now + min(older_than * 2 ** rounds, REDELIVER_BACKOFF_MAX), rounds + 1)
+            sent += 1
+        if sent:
+            log.info("re-published %d account(s) with %d unapplied event(s)", sent, len(stale))
+        return sent
 
 
 def _peek_event_id(payload: dict[str, Any]) -> str | None:

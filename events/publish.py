@@ -7,6 +7,7 @@ the account resource, so a burst for one account within the debounce window star
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,16 @@ def publish(event_id: str, account_id: str, kind: str, source: str) -> bool:
 
     if not get_current_settings().api.url:  # no server to react: the events wait in the inbox
         return False
+    # The time goes in the payload as text too: the trigger's parameter template cannot
+    # serialise the event's own `occurred` (a DateTime) and would create no run at all.
+    occurred = datetime.now(timezone.utc)
     try:
         sent = emit_event(
             event=EVENT_NAME,
             resource=account_resource(account_id),
+            occurred=occurred,
             related=[{"prefect.resource.id": f"churnflow.inbox-event.{event_id}", "prefect.resource.role": "inbox-event"}],
-            payload={"event_id": event_id, "kind": kind, "source": source, "account_id": account_id},
+            payload={"event_id": event_id, "kind": kind, "source": source, "account_id": account_id, "occurred": occurred.isoformat()},
         )
     except Exception as exc:  # noqa: BLE001 - the event is durable; redelivery retries it
         log.warning("could not publish event %s to Prefect (%s); it is redelivered later", event_id, type(exc).__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from churnflow.demo_data import generate_book
 from churnflow.schema import ACCOUNTS, coerce
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, replace_rows
-from events.auth import sign
+from events.samples import failure_event, signed as sign_post, typeform_response, zendesk_ticket  # noqa: F401 - re-exported to the tests
 
 SECRET = b"test-webhook-secret-7d2a"
 
@@ -36,37 +35,4 @@ def intake_settings(tmp_path: Path, few_accounts: pd.DataFrame) -> Settings:
 
 
 def signed(scheme: str, payload: dict[str, Any] | bytes, secret: bytes = SECRET) -> tuple[bytes, dict[str, str]]:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return body, {**sign(scheme, secret, body), "Content-Type": "application/json"}
-
-
-def zendesk_ticket(event_id: str, account: str, ticket: str = "5158", *, kind: str = "created", status: str = "OPEN",
-                   priority: str | None = "URGENT", at: str = "2026-10-31T10:00:00Z") -> dict[str, Any]:
-    """A Zendesk event webhook for a ticket event, in the documented shape."""
-    return {
-        "account_id": 22129848, "id": event_id, "subject": f"zen:ticket:{ticket}", "time": at,
-        "type": f"zen:event-type:ticket.{kind}", "zendesk_event_version": "2022-11-06",
-        "detail": {"actor_id": "8447388090494", "assignee_id": None, "brand_id": "8447346621310", "created_at": "2026-10-31T09:58:00Z",
-                   "description": "Export fails", "external_id": None, "form_id": "8447325", "group_id": "8447320", "id": ticket,
-                   "is_public": True, "organization_id": account, "priority": priority, "requester_id": "8447388090494",
-                   "status": status, "subject": "Export fails", "submitter_id": "8447388090494", "tags": ["export"], "type": "PROBLEM",
-                   "updated_at": at, "via": {"channel": "web_service"}},
-        "event": {},
-    }
-
-
-def typeform_response(event_id: str, account: str, score: int, comment: str = "Support is slow, still waiting",
-                      at: str = "2026-10-31T11:00:00Z") -> dict[str, Any]:
-    """A Typeform form_response webhook with an NPS question and a long-text question."""
-    return {
-        "event_id": event_id, "event_type": "form_response",
-        "form_response": {
-            "form_id": "lT4Z3j", "token": f"tok-{event_id}", "landed_at": at, "submitted_at": at,
-            "hidden": {"account_id": account},
-            "definition": {"id": "lT4Z3j", "title": "How are we doing?", "fields": []},
-            "answers": [
-                {"type": "number", "number": score, "field": {"id": "nps1", "type": "nps", "ref": "nps"}},
-                {"type": "text", "text": comment, "field": {"id": "why1", "type": "long_text", "ref": "why"}},
-            ],
-        },
-    }
+    return sign_post(scheme, payload, secret)

@@ -106,3 +106,25 @@ def test_bad_payload_is_refused_with_the_field_and_quarantined(client: TestClien
     assert set(quarantined["field"]) == {"score", "account_id", "body"}
     assert set(quarantined["source_key"].dropna()) == {"tf-range", "zd-who"}
     assert not len(read_sql(get_engine(intake_settings.warehouse), "SELECT * FROM event_inbox"))
+
+
+def test_redelivery_backs_off_per_account_while_events_wait(intake_settings: Settings, few_accounts: pd.DataFrame) -> None:
+    """Unapplied events are re-published, but not every round: a queued reaction is not a lost one."""
+    from datetime import datetime, timedelta
+
+    from events.intake import REDELIVER_AFTER, Intake
+    from events.shapes import SHAPES
+
+    intake = Intake(intake_settings, {name: SECRET for name in SHAPES}, publish_events=False)
+    accounts = [str(a) for a in few_accounts["account_id"].iloc[:2]]
+    for i, account in enumerate(accounts):
+        body, headers = signed("zendesk", zendesk_ticket(f"zd-wait-{i}", account, ticket=f"W{i}"))
+        assert intake.handle("zendesk", body, headers)[0] == 202
+    start = datetime.utcnow()
+    assert intake.redeliver(now=start) == 0  # just received: their reaction may still come
+    first = start + REDELIVER_AFTER + timedelta(seconds=1)
+    assert intake.redeliver(now=first) == 2
+    assert intake.redeliver(now=first + timedelta(seconds=30)) == 0  # the next round waits
+    assert intake.redeliver(now=first + REDELIVER_AFTER + timedelta(seconds=1)) == 2
+    assert intake.redeliver(now=first + 2 * REDELIVER_AFTER + timedelta(seconds=2)) == 0  # the wait doubled
+    assert intake.redeliver(now=first + 3 * REDELIVER_AFTER + timedelta(seconds=2)) == 2

@@ -15,18 +15,16 @@ from churnflow.warehouse import get_engine, read_sql
 from crm_sync.client import connect, local_crm
 from events.intake import Intake
 from events.shapes import SHAPES
-from features.build import default_as_of
+from events.bench import event_day, reachable_accounts
 from tests.events.conftest import SECRET, signed, typeform_response
 from tests.helpers import copy_duckdb_warehouse, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 
 
-def test_detractor_event_rescored_tasked_and_agrees_with_daily(prefect_server: None, trained_home: Settings, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pipeline import daily_flow
-    from flows.react import react_flow, reaction_as_of
-
+def private_trained_home(trained_home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, str]:
+    """A home of the test's own on a copy of the session's trained warehouse (the champion
+    shared, read-only), set in the environment so flow runs in other processes find it too."""
     url = copy_duckdb_warehouse(trained_home.warehouse, tmp_path / "warehouse.duckdb")
     monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CHURNFLOW_WAREHOUSE_URL", url)
@@ -34,12 +32,18 @@ def test_detractor_event_rescored_tasked_and_agrees_with_daily(prefect_server: N
     monkeypatch.setenv("CHURNFLOW_LOCAL_CRM_PORT", str(free_port()))
     settings = Settings()
     settings.ensure_home()
+    return settings, url
+
+
+def test_detractor_event_rescored_tasked_and_agrees_with_daily(prefect_server: None, trained_home: Settings, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline import daily_flow
+    from flows.react import react_flow, reaction_as_of
+
+    settings, url = private_trained_home(trained_home, tmp_path, monkeypatch)
     engine = get_engine(url)
-    last_day = default_as_of(engine) - timedelta(days=1)
-    owned = read_sql(engine, "SELECT account_id FROM accounts WHERE owner_email IS NOT NULL AND crm_account_id IS NOT NULL ORDER BY account_id")
-    active = set(read_sql(engine, "SELECT DISTINCT account_id FROM usage WHERE occurred_at >= :d",
-                          {"d": pd.Timestamp(last_day - timedelta(days=30)).to_pydatetime()})["account_id"])
-    account = next(a for a in owned["account_id"] if a in active)
+    last_day = event_day(engine)
+    account = reachable_accounts(engine, last_day)[0]
 
     intake = Intake(settings, {name: SECRET for name in SHAPES}, publish_events=False)
     body, headers = signed("typeform", typeform_response("tf-react-1", account, score=1, at=f"{last_day}T11:00:00Z"))
