@@ -33,6 +33,7 @@ OVERRIDES = {
     "tests/churnflow/test_cli.py::test_each_stage_runs_alone": "system",  # every stage, trained model, CRM and SMTP
     "tests/churnflow/test_cli_errors.py": "system",  # the CLI as a subprocess
     "tests/ingest/test_ingest.py::test_foreign_export_validates_ingests_and_scores": "model",  # trains and scores
+    "tests/test_suite.py": "data",  # the suite's own rules
 }
 
 
