@@ -49,6 +49,12 @@ def test_run_is_tracked_with_metrics_params_and_figures(home: Settings) -> None:
     figures = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"calibration_curve.png", "lift_by_decile.png", "shap_summary.png"}
     assert client.get_model_version(home.model_name, version.version).tags["gate_decision"] == "promoted"
+    # The model declares what it needs to load (pinned), LightGBM included.
+    from mlflow.pyfunc import get_model_dependencies
+
+    requirements = Path(get_model_dependencies(f"models:/{home.model_name}/{version.version}")).read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {"mlflow", "churnflow", "lightgbm", "pandas", "scikit-learn"}
+    assert all("==" in r for r in requirements if not r.startswith("churnflow")), requirements
 
 
 def test_gate_refuses_a_model_trained_on_shuffled_labels(home: Settings) -> None:
