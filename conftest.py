@@ -21,6 +21,7 @@ FOLDERS = {
     "tests/features": "data",
     "tests/outreach": "data",
     "tests/digest": "data",
+    "tests/events": "data",
     "tests/models": "model",
     "tests/crm_sync": "system",
     "tests/flows": "system",
@@ -33,6 +34,7 @@ OVERRIDES = {
     "tests/churnflow/test_cli.py::test_each_stage_runs_alone": "system",  # every stage, trained model, CRM and SMTP
     "tests/churnflow/test_cli_errors.py": "system",  # the CLI as a subprocess
     "tests/ingest/test_ingest.py::test_foreign_export_validates_ingests_and_scores": "model",  # trains and scores
+    "tests/events/test_intake_durability.py": "system",  # the intake server as a process, killed
     "tests/test_suite.py": "data",  # the suite's own rules
 }
 
