@@ -259,6 +259,25 @@ def describe_auc(metrics: dict[str, float]) -> str:
     return f"AUC {metrics.get('roc_auc', float('nan')):.2f} [{low:.2f}, {high:.2f}] on {rows:,} rows / {churners:,} churners"
 
 
+# What the logged model needs to load and predict (the pickled ChurnModel imports churnflow's
+# packages, LightGBM and the scientific stack). Declared, not inferred: MLflow infers them by
+# loading the model in a fresh Python process, which costs more than the fit on a small book.
+MODEL_REQUIREMENTS = ("churnflow", "cloudpickle", "lightgbm", "numpy", "pandas", "scikit-learn", "scipy", "sqlalchemy")
+
+
+def model_requirements() -> list[str]:
+    """MODEL_REQUIREMENTS pinned to the versions installed here (MLflow adds itself)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:  # e.g. churnflow run from a source tree without installing it
+            pinned.append(name)
+    return pinned
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
@@ -340,6 +359,7 @@ def evaluate_and_register(
             python_model=model,
             input_example=hold[model.feature_names].head(5),
             registered_model_name=settings.model_name,
+            pip_requirements=model_requirements(),
         )
         version = str(info.registered_model_version)
         MlflowClient().set_model_version_tag(settings.model_name, version, "base_rate", repr(model.base_rate))

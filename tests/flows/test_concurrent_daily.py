@@ -9,7 +9,6 @@ Either way, a run seven days later reads one previous health per account.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -22,16 +21,8 @@ import sqlalchemy as sa
 from churnflow.demo_data import write_book
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
-from tests.helpers import copy_duckdb_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
-
-
-def _home_with_model(trained_home: Settings, target: Path) -> Path:
-    """A new home sharing the trained model (MLflow store copied; artifacts stay where they are)."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(trained_home.home_dir / "mlflow.db", target / "mlflow.db")
-    return target
 
 
 def _daily(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -69,21 +60,19 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_two_dailies_at_once_on_duckdb(prefect_server: None, trained_home: Settings, tmp_path: Path) -> None:
-    home = _home_with_model(trained_home, tmp_path / "home")
-    copy_duckdb_warehouse(trained_home.warehouse, home / "warehouse.duckdb")
-    engine = get_engine(Settings(home=home).warehouse)
+def test_two_dailies_at_once_on_duckdb(prefect_server: None, trained_copy: Settings) -> None:
+    home = trained_copy.home_dir  # a private copy of the trained home: its book, model and store
+    engine = get_engine(trained_copy.warehouse)
     engine.dispose()
     _run_two_dailies_then_one_later(home, _env(home), engine)
 
 
 @pytest.mark.postgres
-def test_two_dailies_at_once_on_postgres(prefect_server: None, trained_home: Settings, small_book: dict, pg_url: str,
-                                         tmp_path: Path) -> None:
+def test_two_dailies_at_once_on_postgres(prefect_server: None, trained_copy: Settings, small_book: dict, pg_url: str) -> None:
     engine = sa.create_engine(pg_url)
     try:
-        write_book(engine, small_book)
-        home = _home_with_model(trained_home, tmp_path / "home")
+        write_book(engine, small_book)  # the book the copied home's model was trained on
+        home = trained_copy.home_dir
         _run_two_dailies_then_one_later(home, _env(home, CHURNFLOW_WAREHOUSE_URL=pg_url), engine)
     finally:
         engine.dispose()

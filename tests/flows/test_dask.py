@@ -5,7 +5,6 @@ and act on a subset of accounts."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +12,6 @@ import sqlalchemy as sa
 
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
-from tests.helpers import copy_duckdb_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 
@@ -21,11 +19,10 @@ DAY = date(2026, 9, 17)
 
 
 @pytest.fixture
-def home(trained_home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The trained home's model with a private copy of its warehouse, as the flows' environment."""
-    url = copy_duckdb_warehouse(trained_home.warehouse, tmp_path / "warehouse.duckdb")
-    monkeypatch.setenv("CHURNFLOW_HOME", str(trained_home.home))
-    monkeypatch.setenv("CHURNFLOW_WAREHOUSE_URL", url)
+def home(trained_copy: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A private copy of the trained home (the flows write scores and digests), as the flows' environment."""
+    monkeypatch.setenv("CHURNFLOW_HOME", str(trained_copy.home))
+    monkeypatch.delenv("CHURNFLOW_WAREHOUSE_URL", raising=False)
     return Settings()
 
 

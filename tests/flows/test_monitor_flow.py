@@ -4,36 +4,30 @@ model_monitoring, as artifacts, and a breach alerts over the notification channe
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from churnflow.settings import Settings
 from tests.flows.conftest import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect")]
 
 
-def test_monitor_flow_stores_checks_and_alerts_on_breach(prefect_server: None, receivers: Receiver, tmp_path: Path,
+def test_monitor_flow_stores_checks_and_alerts_on_breach(prefect_server: None, receivers: Receiver, trained_copy: Settings,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from churnflow.demo_data import generate_book, write_book
-    from churnflow.settings import Settings
     from churnflow.warehouse import get_engine, read_sql
     from features.build import default_as_of
     from flows.pipeline import monitor_flow
     from models.score import score_accounts
-    from models.train import train
 
-    monkeypatch.setenv("CHURNFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CHURNFLOW_HOME", str(trained_copy.home))  # a private copy of the trained book and champion
     monkeypatch.setenv("CHURNFLOW_PSI_THRESHOLD", "0.0001")  # every feature "drifts": forces breaches
     settings = Settings()
-    settings.ensure_home()
     engine = get_engine(settings.warehouse)
-    write_book(engine, generate_book(accounts=300, days=540, seed=3))
-    train(engine, settings)
     last = default_as_of(engine)
     score_accounts(engine, settings, last - timedelta(days=150))  # labels matured by `last`: realized performance
 

@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from tests.flows.conftest import Receiver
-from tests.helpers import free_port
+from tests.helpers import copy_home, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-real")]
 
@@ -267,21 +267,17 @@ class LoadedHome:
 
 
 @pytest.fixture(scope="module")
-def loaded_home(tmp_path_factory: pytest.TempPathFactory) -> LoadedHome:
-    """A churnflow home with a small book and a trained champion, used by the runs below."""
-    from churnflow.demo_data import generate_book, write_book
+def loaded_home(tmp_path_factory: pytest.TempPathFactory, trained_store: Path) -> LoadedHome:
+    """A churnflow home with a small book and a trained champion (a private copy of the trained
+    book: the runs below write scores and digests into it), used by the runs below."""
     from churnflow.settings import Settings
     from churnflow.warehouse import get_engine
     from features.build import default_as_of
-    from models.train import train
 
-    home = tmp_path_factory.mktemp("real-home") / "home"
+    home = copy_home(trained_store, tmp_path_factory.mktemp("real-home") / "home")
     crm_port = free_port()
     settings = Settings(home=home, local_crm_port=crm_port)  # type: ignore[arg-type]
-    settings.ensure_home()
     engine = get_engine(settings.warehouse)
-    write_book(engine, generate_book(accounts=300, days=540, seed=3))
-    train(engine, settings)
     last = default_as_of(engine)
     engine.dispose()  # DuckDB: one writer process per file, and the flow runs are other processes
     return LoadedHome(settings, home, crm_port, last)

@@ -7,14 +7,12 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from churnflow.cli import app
-from churnflow.demo_data import write_book
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine
 from features.labels import data_window, labels_for_dates
@@ -35,6 +33,7 @@ from models.train import (
     slice_churners,
     train,
 )
+from tests.helpers import copy_duckdb_warehouse
 
 # The production gate, explicit: tests/conftest.py lowers it for the other tests' small books.
 PRODUCTION_GATE = {"min_churners_fit": 50, "min_churners_calibration": 20, "min_churners_holdout": 30, "gate_min_auc": 0.6}
@@ -98,12 +97,11 @@ def test_thin_book_refuses_with_counts_cause_and_fix_and_score_says_why(tmp_path
     assert "run `churnflow train` first" not in scored.output and "Traceback" not in scored.output
 
 
-def test_calibration_needs_both_classes_before_fit_model_runs(small_book: dict[str, pd.DataFrame], duck_engine) -> None:
-    write_book(duck_engine, small_book)
-    settings = Settings(home=Path(str(duck_engine.url.database)).parent, **SMALL_BOOK_GATE)
-    first, observed_until = data_window(duck_engine)
+def test_calibration_needs_both_classes_before_fit_model_runs(book_engine) -> None:
+    settings = Settings(home=Path(str(book_engine.url.database)).parent, **SMALL_BOOK_GATE)
+    first, observed_until = data_window(book_engine)
     plan = plan_split(first, observed_until, settings)
-    labels = labels_for_dates(duck_engine, plan.used, horizon_days=90, grace_days=30, observed_until=observed_until)
+    labels = labels_for_dates(book_engine, plan.used, horizon_days=90, grace_days=30, observed_until=observed_until)
     counts = slice_churners(labels, plan)
     assert churner_shortfalls(counts, settings) == []
     no_positives = labels.assign(churned=np.where(labels["as_of_date"].dt.date == plan.calibration_date, 0, labels["churned"]))
@@ -114,9 +112,8 @@ def test_calibration_needs_both_classes_before_fit_model_runs(small_book: dict[s
         Settings(min_churners_calibration=0)  # no setting lets an empty calibration slice through
 
 
-def test_weekly_cadence_gives_more_snapshots_and_holdout_churners(small_book: dict[str, pd.DataFrame], duck_engine) -> None:
-    write_book(duck_engine, small_book)
-    first, observed_until = data_window(duck_engine)
+def test_weekly_cadence_gives_more_snapshots_and_holdout_churners(book_engine) -> None:
+    first, observed_until = data_window(book_engine)
     monthly_settings = Settings(**SMALL_BOOK_GATE)
     weekly_settings = Settings(snapshot_cadence="weekly", **SMALL_BOOK_GATE)
     monthly = plan_split(first, observed_until, monthly_settings)
@@ -127,7 +124,7 @@ def test_weekly_cadence_gives_more_snapshots_and_holdout_churners(small_book: di
     for plan in (monthly, weekly):  # the gap: no calibration or fit outcome after the holdout starts
         assert max(plan.fit_dates) < plan.calibration_date
         assert (plan.holdout_dates[0] - plan.calibration_date).days >= 90
-    m, w = _independent_churners(duck_engine, monthly_settings, monthly), _independent_churners(duck_engine, weekly_settings, weekly)
+    m, w = _independent_churners(book_engine, monthly_settings, monthly), _independent_churners(book_engine, weekly_settings, weekly)
     assert w["holdout"] > m["holdout"]
 
 
@@ -135,10 +132,11 @@ def test_weekly_cadence_gives_more_snapshots_and_holdout_churners(small_book: di
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory, small_book: dict[str, pd.DataFrame]) -> tuple[Settings, TrainingSet, object, dict]:
+def fitted(tmp_path_factory: pytest.TempPathFactory, trained_store: Path) -> tuple[Settings, TrainingSet, object, dict]:
+    # The trained small book's warehouse, without its registry (no champion yet): its stored
+    # features are reused, keyed by their inputs.
     settings = Settings(home=tmp_path_factory.mktemp("gate-home"), **SMALL_BOOK_GATE)
-    engine = get_engine(settings.warehouse)
-    write_book(engine, small_book)
+    engine = get_engine(copy_duckdb_warehouse(f"duckdb:///{trained_store / 'warehouse.duckdb'}", settings.home_dir / "warehouse.duckdb"))
     ts = build_training_set(engine, settings)
     model = fit_model(ts, settings)
     return settings, ts, model, holdout_metrics(model, ts, engine, settings)
@@ -285,13 +283,12 @@ def test_too_short_a_history_is_refused_with_the_days_it_needs() -> None:
     assert plan_split(date(2025, 1, 1), date(2026, 9, 1), settings).holdout_dates == [date(2026, 4, 1), date(2026, 5, 1)]
 
 
-def test_weekly_training_set_joins_features_and_labels_on_mondays(small_book: dict[str, pd.DataFrame], duck_engine, tmp_path: Path) -> None:
-    write_book(duck_engine, small_book)
+def test_weekly_training_set_joins_features_and_labels_on_mondays(book_engine, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, snapshot_cadence="weekly", training_snapshots=6, holdout_snapshots=1,
                         min_churners_fit=1, min_churners_calibration=1, min_churners_holdout=1)
-    ts = build_training_set(duck_engine, settings)
+    ts = build_training_set(book_engine, settings)
     dates = sorted(ts.frame["as_of_date"].dt.date.unique())
     assert ts.cadence == "weekly" and all(d.weekday() == 0 for d in dates)
     assert dates == sorted([*ts.fit_dates, ts.calibration_date, *ts.holdout_dates])
     assert len(ts.holdout_dates) == 4 and len(dates) > 6  # 1 month = 4 weekly holdout snapshots
-    assert ts.churners == _independent_churners(duck_engine, settings, ts)
+    assert ts.churners == _independent_churners(book_engine, settings, ts)

@@ -7,30 +7,29 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from churnflow.demo_data import write_book
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
 from features.catalogue import FAMILIES, family_of
 from models.explain import contributions
 from models.monitor import monitor_champion
-from models.registry import CHAMPION, load_model, promote
+from models.registry import CHAMPION, configure_mlflow, load_model, promote
 from models.score import score_accounts, set_override
 from models.train import build_training_set, evaluate_and_register, fit_model, train
+from tests.helpers import copy_home
 
 AS_OF = date(2026, 11, 1)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, small_book: dict[str, pd.DataFrame]) -> Settings:
-    settings = Settings(home=tmp_path_factory.mktemp("lifecycle-home"))
-    engine = get_engine(settings.warehouse)
-    write_book(engine, small_book)
-    first = train(engine, settings)
-    assert first.promoted and first.reason.startswith("first model")
+def home(tmp_path_factory: pytest.TempPathFactory, trained_store: Path) -> Settings:
+    """A private copy of the small book trained once (the tests below train and score in it)."""
+    settings = Settings(home=copy_home(trained_store, tmp_path_factory.mktemp("lifecycle-home")))
+    configure_mlflow(settings)
+    first = MlflowClient().get_model_version(settings.model_name, "1")
+    assert CHAMPION in first.aliases and first.tags["gate_reason"].startswith("first model")
     return settings
 
 
@@ -50,6 +49,12 @@ def test_run_is_tracked_with_metrics_params_and_figures(home: Settings) -> None:
     figures = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"calibration_curve.png", "lift_by_decile.png", "shap_summary.png"}
     assert client.get_model_version(home.model_name, version.version).tags["gate_decision"] == "promoted"
+    # The model declares what it needs to load (pinned), LightGBM included.
+    from mlflow.pyfunc import get_model_dependencies
+
+    requirements = Path(get_model_dependencies(f"models:/{home.model_name}/{version.version}")).read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {"mlflow", "churnflow", "lightgbm", "pandas", "scikit-learn"}
+    assert all("==" in r for r in requirements if not r.startswith("churnflow")), requirements
 
 
 def test_gate_refuses_a_model_trained_on_shuffled_labels(home: Settings) -> None:

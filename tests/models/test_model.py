@@ -101,8 +101,8 @@ def test_explanations_equal_shap_tree_explainer(training_set: TrainingSet, champ
     np.testing.assert_allclose(ours.sum(axis=1), champion.model.margin(rows), atol=1e-9)
 
 
-def test_scoring_writes_history_and_replaces_the_same_day(trained_home: Settings, tmp_path) -> None:
-    settings = trained_home
+def test_scoring_writes_history_and_replaces_the_same_day(trained_copy: Settings) -> None:
+    settings = trained_copy  # scores are written: a private copy, never the shared trained_home
     engine = get_engine(settings.warehouse)
     day = date(2026, 10, 1)
     first = score_accounts(engine, settings, day)

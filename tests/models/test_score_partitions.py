@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,17 +16,15 @@ from models.score import (
     active_overrides, compute_scores, load_features, merge_partitions, partition_of, previous_health, score_accounts,
     set_override, split_partitions, store_scores,
 )
-from tests.helpers import copy_duckdb_warehouse
 
 DAY = date(2026, 9, 10)
 PINNED = [0, 0, 1, 2]  # partition_of(id, 4) of A00001, A00002, A00003, acct-42: must never change
 
 
 @pytest.fixture
-def home(trained_home: Settings, tmp_path: Path) -> Settings:
-    """The trained home's model with a private copy of its warehouse (these tests write scores)."""
-    url = copy_duckdb_warehouse(trained_home.warehouse, tmp_path / "warehouse.duckdb")
-    return Settings(home=trained_home.home, warehouse_url=url)
+def home(trained_copy: Settings) -> Settings:
+    """A private copy of the trained home (these tests write scores)."""
+    return trained_copy
 
 
 def _day_rows(engine: sa.Engine, day: date = DAY) -> pd.DataFrame:
