@@ -36,6 +36,7 @@ OVERRIDES = {
     "tests/ingest/test_ingest.py::test_foreign_export_validates_ingests_and_scores": "model",  # trains and scores
     "tests/events/test_intake_durability.py": "system",  # the intake server as a process, killed
     "tests/test_suite.py": "data",  # the suite's own rules
+    "tests/test_architecture.py": "data",  # the layers, read from the source
 }
 
 

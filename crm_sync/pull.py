@@ -17,6 +17,7 @@ from datetime import datetime
 import pandas as pd
 import sqlalchemy as sa
 
+from churnflow.schema import CRM_ACCOUNTS
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, replace_rows
 from crm_sync.client import connect, local_crm
@@ -25,7 +26,7 @@ from crm_sync.retry import DEFAULT_RETRY
 
 log = logging.getLogger(__name__)
 
-CRM_ACCOUNTS_TABLE = "crm_accounts"
+CRM_ACCOUNTS_TABLE = CRM_ACCOUNTS.name
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 
 

@@ -28,7 +28,8 @@ import yaml
 
 from churnflow.errors import ChurnflowError
 from churnflow.schema import CANONICAL
-from ingest.load import Mapping, RawSource, load_mapping, prepare_table
+from ingest.load import RawSource, prepare_table
+from ingest.mapping import Mapping, load_mapping
 
 Signature = Literal["churnflow", "zendesk", "typeform"]
 TICKET_KINDS = ("ticket.created", "ticket.updated", "ticket.closed")

@@ -48,7 +48,7 @@ from features.text import TOPICS
 
 log = logging.getLogger(__name__)
 
-FEATURE_TABLE = "account_features"
+FEATURE_TABLE = schema.ACCOUNT_FEATURES.name
 HISTORY_DAYS = 365  # the longest look-back any feature uses
 
 

@@ -35,7 +35,7 @@ from events import inbox
 from flows import tasks
 from flows.notify import FAILURE_HOOKS
 from flows.pipeline import score_in_partitions
-from outreach import playbooks as outreach
+from outreach import decisions, playbooks as outreach
 
 EVENT_PLAYBOOKS = Path(__file__).resolve().parents[1] / "events" / "playbooks.yaml"
 MAX_ROUNDS = 5
@@ -79,7 +79,7 @@ def reaction_playbooks(settings: Settings) -> outreach.PlaybookBook:
 
 @task(name="decide-reaction-outreach", cache_policy=NO_CACHE, **tasks.WAREHOUSE_RETRIES)
 def decide_reaction_outreach(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-    new = outreach.run_outreach(get_engine(settings.warehouse), scores, features, as_of, reaction_playbooks(settings), seed=settings.seed)
+    new = decisions.run_outreach(get_engine(settings.warehouse), scores, features, as_of, reaction_playbooks(settings), seed=settings.seed)
     get_run_logger().info("outreach: %d task(s) decided: %s", len(new), ", ".join(new["playbook"]) if len(new) else "none")
     return new
 

@@ -25,6 +25,7 @@ import pandas as pd
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
+from churnflow.schema import MODEL_MONITORING
 from churnflow.settings import Settings
 from churnflow.warehouse import read_sql, replace_rows, table_exists
 from features.build import OTHER_CATEGORY, features_for
@@ -34,7 +35,7 @@ from models.evaluate import classification_metrics
 
 log = logging.getLogger(__name__)
 
-MONITOR_TABLE = "model_monitoring"
+MONITOR_TABLE = MODEL_MONITORING.name
 EPS = 1e-4
 
 

@@ -22,11 +22,6 @@ from churnflow.errors import ChurnflowError
 from churnflow.vocabulary import BANDS, DEFAULT_TASK_PRIORITY, TASK_PRIORITIES
 from features.catalogue import BY_NAME
 
-# Moved names, still importable from here for callers not yet updated (crm_sync, flows/react.py):
-# the task table's I/O lives in outreach.task_table, the decisions in outreach.decisions.
-from outreach.decisions import decide_tasks, in_holdout, run_outreach, task_key  # noqa: F401
-from outreach.task_table import TASKS_TABLE, existing_tasks, pending_tasks, record_task_ids  # noqa: F401
-
 SCORE_FIELDS: dict[str, str] = {
     "p_churn": "number", "health_score": "number", "band": "text", "health_change_7d": "number",
     "health_change_30d": "number", "arr": "number", "arr_at_risk": "number",
