@@ -475,7 +475,7 @@ def bench_events_cmd(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the burst's reactions to finish.")] = 600,
 ) -> None:
     """Latency and load of the event reaction path on a running stack (docs/events.md); needs a loaded book and a champion."""
-    from events.bench import bench_events
+    from flows.events_bench import bench_events
 
     settings = _settings()
     console.print_json(json.dumps(bench_events(settings, settings.home_dir / "bench" / "events", events=events, interval=interval,

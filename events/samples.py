@@ -1,6 +1,6 @@
 """Webhook bodies in each documented shape, built as their senders build them, and signed.
 
-One copy for the tests, the benchmark (events/bench.py) and anyone trying the intake by
+One copy for the tests, the benchmark (flows/events_bench.py) and anyone trying the intake by
 hand: what a Zendesk ticket event or a Typeform response looks like is written down once.
 """
 

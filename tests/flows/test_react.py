@@ -15,7 +15,7 @@ from churnflow.warehouse import get_engine, read_sql
 from crm_sync.client import connect, local_crm
 from events.intake import Intake
 from events.shapes import SHAPES
-from events.bench import event_day, reachable_accounts
+from flows.events_bench import event_day, reachable_accounts
 from tests.events.conftest import SECRET, signed, typeform_response
 from tests.helpers import copy_duckdb_warehouse, free_port
 

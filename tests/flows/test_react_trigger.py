@@ -17,7 +17,7 @@ import requests
 from churnflow.settings import Settings
 from churnflow.warehouse import get_engine, read_sql
 from crm_sync.client import connect
-from events.bench import debounce_seconds, event_day, event_stack, max_runs_per_window, post, reachable_accounts, wait_reactions
+from flows.events_bench import debounce_seconds, event_day, event_stack, max_runs_per_window, post, reachable_accounts, wait_reactions
 from events.samples import signed, typeform_response, zendesk_ticket
 from flows.react import reaction_as_of
 from tests.flows.test_react import private_trained_home
