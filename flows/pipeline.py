@@ -46,6 +46,10 @@ def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, a
     stored scores were computed from exactly these inputs, they are returned and nothing
     is computed. Returns the scores in the features' order (the same rows a sequential
     ``score_accounts`` gives).
+
+    ``features`` are the day's features of every active account, also when ``accounts`` asks
+    for a few: the peer baselines the reasons compare with are the whole book's, so an
+    account scored alone (a subset run, a reaction) reads exactly as in the daily batch.
     """
     inputs = tasks.prepare_scoring(settings, day)
     features = tasks.features_for_model(settings, day, features, inputs)
@@ -55,6 +59,8 @@ def score_in_partitions(settings: Settings, day: date, features: pd.DataFrame, a
         if stored is not None:
             return stored
     baselines = peer_baselines(inputs.loaded.model, features)  # the day's, shared by every partition
+    if accounts is not None:
+        features = features[features["account_id"].astype(str).isin({str(a) for a in accounts})].reset_index(drop=True)
     parts = score_stage.split_partitions(features, settings.score_partitions)
     with tasks.task_runner(settings) as runner:
         futures = [
@@ -79,7 +85,7 @@ def daily_flow(as_of: date | None = None, dry_run: bool = False, accounts: list[
     """
     settings = Settings()
     day = tasks.resolve_as_of(settings, as_of)
-    features = tasks.build_features(settings, day)
+    day_features = features = tasks.build_features(settings, day)
     if accounts is not None:
         wanted = {str(a) for a in accounts}
         active = set(features["account_id"].astype(str))
@@ -90,7 +96,7 @@ def daily_flow(as_of: date | None = None, dry_run: bool = False, accounts: list[
         if not wanted & active:
             raise UnknownAccountError(f"none of the requested accounts is active as of {day}: {', '.join(unknown[:50])}")
         features = features[features["account_id"].astype(str).isin(wanted)].reset_index(drop=True)
-    scores = score_in_partitions(settings, day, features, accounts)
+    scores = score_in_partitions(settings, day, day_features, accounts)  # the whole day's features: peer baselines
     new_tasks = tasks.decide_outreach(settings, day, scores, features)
     sync = tasks.sync_crm(settings, day, dry_run, accounts)
     bands = scores["band"].value_counts().to_dict()

@@ -119,7 +119,7 @@ def _react_once(settings: Settings, account_id: str, applied: inbox.Applied, run
     if mine.empty:
         get_run_logger().warning("account %s is not active as of %s: nothing to score", account_id, as_of)
     else:
-        scores = score_in_partitions(settings, as_of, mine, [account_id])
+        scores = score_in_partitions(settings, as_of, features, [account_id])  # the whole day's: peer baselines
         new_tasks = decide_reaction_outreach(settings, as_of, scores, mine)
         tasks.sync_crm(settings, as_of, False, [account_id])
         sent = new_tasks[~new_tasks["held_out"].astype(bool)] if len(new_tasks) else new_tasks

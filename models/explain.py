@@ -138,6 +138,8 @@ def _as_reason(feature: Feature, value: object, baseline: object, peers: str | N
         return False
     if feature.compare == "peers" and feature.versus(value, baseline, peers) is None:
         return False  # nothing typical to compare with: it would be a bare fact
+    if feature.compare == "change" and not feature.is_categorical and round(abs(float(value)) * 100) == 0:  # type: ignore[arg-type]
+        return False  # "rose 0%": no change is no direction, whatever the model made of it
     side = feature.risky_side(value, baseline)
     if feature.risk_when in ("higher", "lower"):
         return side is risk

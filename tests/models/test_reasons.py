@@ -124,3 +124,14 @@ def test_scoring_a_few_accounts_compares_them_with_the_whole_book(scored) -> Non
     before = scores.set_index("account_id").loc[few]
     pd.testing.assert_series_equal(again.loc[few, "top_drivers_text"], before["top_drivers_text"])
 
+
+
+def test_no_change_is_no_reason(scored) -> None:
+    """A trend of 0% ("rose 0%") says no direction: never a risk or protective reason, also for
+    per-event-type trends whose risky direction the model learns."""
+    _, scores, _ = scored
+    shown = _parsed(scores, "top_drivers") + _parsed(scores, "protective_driver")
+    trends = [d for _, d in shown if d["feature"].endswith("_trend_30d")]
+    assert trends, "the book's reasons include trends"
+    flat = [d["sentence"] for d in trends if d["value"] is not None and round(abs(float(d["value"])) * 100) == 0]
+    assert not flat, flat[:5]
