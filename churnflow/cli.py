@@ -503,7 +503,7 @@ def crm_server_cmd(port: Annotated[Optional[int], typer.Option(help="Port (defau
 
 @app.command("serve-events")
 def serve_events_cmd(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8787,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to accept webhooks from other machines).")] = "127.0.0.1",
 ) -> None:
     """Receive survey, ticket and product-failure webhooks (docs/events.md); each accepted event triggers a reaction."""

@@ -72,3 +72,9 @@ def test_a_locked_duckdb_warehouse_waits_then_fails_clearly(book_home: Path) -> 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_serve_events_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    proc = _cli(tmp_path, "serve-events", "--port", "99999", CHURNFLOW_EVENTS_SECRET="s")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text and "--port" in text, text
